@@ -1,0 +1,1 @@
+"""SeaM: search-based model re-engineering."""
