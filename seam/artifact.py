@@ -1,0 +1,96 @@
+"""The re-engineering artifact: packed mask bits + head + metadata, and the loader that
+rebuilds the re-engineered model from the original checkpoint and this artifact."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seam.atomic import save_torch
+from seam.candidate import ReengineeredModel
+from seam.masking import apply_masks
+
+FORMAT = "seam-artifact"
+VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """An artifact file is missing, malformed, or does not fit the model it is applied to."""
+
+
+def pack_masks(masks: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Bool masks -> one bit per entry (``np.packbits`` order), with names and shapes."""
+    names = list(masks)
+    flat = np.concatenate([masks[n].reshape(-1).numpy().astype(bool) for n in names]) if names else np.zeros(0, bool)
+    return {
+        "names": names,
+        "shapes": [list(masks[n].shape) for n in names],
+        "bits": torch.from_numpy(np.packbits(flat)),
+        "count": int(flat.size),
+    }
+
+
+def unpack_masks(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_masks`."""
+    flat = np.unpackbits(packed["bits"].numpy(), count=packed["count"]).astype(bool)
+    masks, offset = {}, 0
+    for name, shape in zip(packed["names"], packed["shapes"]):
+        size = int(np.prod(shape)) if shape else 1
+        masks[name] = torch.from_numpy(flat[offset : offset + size].copy()).reshape(shape)
+        offset += size
+    if offset != flat.size:
+        raise ArtifactError(f"mask bits hold {flat.size} entries but the shapes need {offset}")
+    return masks
+
+
+def save_artifact(path: str | os.PathLike, *, masks: dict[str, torch.Tensor], head: dict[str, torch.Tensor],
+                  meta: dict[str, Any]) -> None:
+    """Write an artifact atomically. ``meta`` must name the model (``model``, ``model_sha256``),
+    the target (``target``: name, kind, source_classes, class_names) and ``num_outputs``."""
+    for key in ("model", "model_sha256", "target", "num_outputs"):
+        if key not in meta:
+            raise ArtifactError(f"artifact metadata lacks {key!r}")
+    save_torch({"format": FORMAT, "version": VERSION, "meta": meta, "masks": pack_masks(masks),
+                "head": {k: v.detach().cpu() for k, v in head.items()}}, path)
+
+
+def load_artifact(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an artifact (``weights_only=True``); masks come back unpacked as bool tensors."""
+    if not os.path.exists(path):
+        raise ArtifactError(f"{path}: no such artifact (run the reengineer stage first)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise ArtifactError(f"{path}: not a readable artifact ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a {FORMAT} file")
+    if raw.get("version") != VERSION:
+        raise ArtifactError(f"{path}: artifact version {raw.get('version')}, this code reads {VERSION}")
+    return {"meta": raw["meta"], "masks": unpack_masks(raw["masks"]), "head": raw["head"]}
+
+
+def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_sha256: str | None = None) -> nn.Module:
+    """The re-engineered model: a copy of ``original`` with masked weights zeroed, plus the head.
+
+    ``original`` is left unchanged. With ``model_sha256``, refuse an artifact that was
+    searched on a different checkpoint.
+    """
+    meta = artifact["meta"]
+    if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+        raise ArtifactError(
+            f"artifact was built from {meta['model']} with sha256 {meta['model_sha256'][:12]}…, "
+            f"but the checkpoint given has sha256 {model_sha256[:12]}…"
+        )
+    base = copy.deepcopy(original).eval()
+    try:
+        apply_masks(base, artifact["masks"])
+    except ValueError as exc:
+        raise ArtifactError(f"artifact for {meta['model']} does not fit this model: {exc}") from exc
+    model = ReengineeredModel(base, meta["num_outputs"], len(meta["target"]["class_names"]))
+    model.head.load_state_dict(artifact["head"])
+    return model.eval()

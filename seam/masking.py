@@ -1,0 +1,113 @@
+"""Binary weight masks attached to any model's convolution and linear layers.
+
+Every weight and bias of every ``nn.Conv*d`` / ``nn.Linear`` gets a real-valued score
+(initialised to 1.0, i.e. kept). The forward pass uses ``weight * (score > 0)``; the
+backward pass is a straight-through estimator that hands the incoming gradient, clipped
+by hardtanh, to the score (as in the SeaM release). The masks are registered with
+``torch.nn.utils.parametrize`` so no architecture needs a hand-written "masked" twin,
+and the original weights stay untouched (``module.parametrizations.weight.original``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class _BinarizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor) -> torch.Tensor:
+        return (scores > 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(grad)
+
+
+def binarize(scores: torch.Tensor) -> torch.Tensor:
+    """0/1 mask of ``scores > 0`` with the straight-through (hardtanh) gradient."""
+    return _BinarizeSTE.apply(scores)
+
+
+class ScoreMask(nn.Module):
+    """Parametrization ``tensor -> tensor * (scores > 0)`` with learnable scores."""
+
+    def __init__(self, like: torch.Tensor, init: float = 1.0):
+        super().__init__()
+        self.scores = nn.Parameter(torch.full_like(like, init, dtype=torch.float32))
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * binarize(self.scores).to(tensor.dtype)
+
+
+def maskable_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(qualified name, module, "weight"|"bias")`` for every tensor SeaM masks."""
+    found = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, MASKABLE):
+            for pname in ("weight", "bias"):
+                if getattr(module, pname, None) is not None:
+                    found.append((f"{mod_name}.{pname}" if mod_name else pname, module, pname))
+    return found
+
+
+def attach_masks(model: nn.Module, init: float = 1.0) -> dict[str, ScoreMask]:
+    """Register a ScoreMask on every conv/linear weight and bias; freeze all original parameters.
+
+    Returns the masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``).
+    """
+    targets = maskable_tensors(model)
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no Conv/Linear layer to mask")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    masks = {}
+    for name, module, pname in targets:
+        if parametrize.is_parametrized(module, pname):
+            raise ValueError(f"{name} already carries a parametrization; attach masks once")
+        mask = ScoreMask(getattr(module, pname), init)
+        parametrize.register_parametrization(module, pname, mask)
+        masks[name] = mask
+    return masks
+
+
+def retention(masks: dict[str, ScoreMask]) -> torch.Tensor:
+    """Share of kept entries over all masked tensors (differentiable through the STE)."""
+    kept = sum(binarize(m.scores).sum() for m in masks.values())
+    total = sum(m.scores.numel() for m in masks.values())
+    return kept / total
+
+
+def binary_masks(masks: dict[str, ScoreMask]) -> dict[str, torch.Tensor]:
+    """The current masks as bool tensors on the CPU."""
+    return {name: (m.scores.detach() > 0).cpu() for name, m in masks.items()}
+
+
+def count_kept(bool_masks: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(kept entries, total entries) of a set of bool masks."""
+    kept = sum(int(m.sum()) for m in bool_masks.values())
+    total = sum(m.numel() for m in bool_masks.values())
+    return kept, total
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Zero, in place, every weight/bias entry whose mask is False (plain tensors, no parametrization).
+
+    The mask names must be exactly the model's maskable tensors, with matching shapes.
+    """
+    targets = {name: (module, pname) for name, module, pname in maskable_tensors(model)}
+    missing, unexpected = sorted(set(targets) - set(bool_masks)), sorted(set(bool_masks) - set(targets))
+    if missing or unexpected:
+        raise ValueError(f"masks do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, (module, pname) in targets.items():
+        tensor = getattr(module, pname)
+        mask = bool_masks[name]
+        if mask.shape != tensor.shape:
+            raise ValueError(f"mask {name} has shape {tuple(mask.shape)}, the model's tensor {tuple(tensor.shape)}")
+        tensor.mul_(mask.to(tensor.device, tensor.dtype))
+    return model

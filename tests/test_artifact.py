@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from conftest import TinyNet
+from seam.accuracy import predict
+from seam.artifact import ArtifactError, build_reengineered, load_artifact, pack_masks, save_artifact, unpack_masks
+from seam.augment import Normalize
+from seam.candidate import ReengineeredModel
+from seam.masking import attach_masks, binary_masks
+
+META = {"model": "tiny", "model_sha256": "ab" * 32, "num_outputs": 4,
+        "target": {"name": "t", "kind": "binary", "source_classes": [0], "class_names": ["a", "not a"]}}
+
+
+def test_pack_unpack_round_trip_odd_sizes():
+    g = torch.Generator().manual_seed(0)
+    masks = {"a": torch.rand(3, 5, generator=g) > 0.5, "b": torch.rand(7, generator=g) > 0.5, "c": torch.ones(1, 1, 3, 3, dtype=torch.bool)}
+    packed = pack_masks(masks)
+    assert packed["bits"].numel() == (15 + 7 + 9 + 7) // 8  # one bit per entry
+    out = unpack_masks(packed)
+    assert all(torch.equal(out[k], masks[k]) for k in masks)
+
+
+def searched_model():
+    torch.manual_seed(0)
+    original = TinyNet().eval()
+    model = ReengineeredModel(original, 4, 2)
+    # Search works on a copy; keep `original` pristine as a checkpoint would be.
+    import copy
+    model.original = copy.deepcopy(original)
+    masks = attach_masks(model.original)
+    with torch.no_grad():
+        for m in masks.values():
+            m.scores.uniform_(-1, 1)
+    return original, model.eval(), binary_masks(masks)
+
+
+def test_artifact_round_trip_gives_the_same_predictions(tmp_path):
+    original, model, masks = searched_model()
+    path = tmp_path / "a.pt"
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META)
+    rebuilt = build_reengineered(original, load_artifact(path), model_sha256=META["model_sha256"])
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    assert torch.allclose(predict(model, x, norm), predict(rebuilt, x, norm), atol=1e-6)
+    assert not torch.equal(original.conv.weight, rebuilt.original.conv.weight)  # the original is not modified
+    # Compact: packed bits, not float masks (TinyNet has 8*3*9 + 8*8*9 + 8 + 32 + 4 = 868 entries).
+    assert path.stat().st_size < 8000
+
+
+def test_artifact_errors(tmp_path):
+    original, model, masks = searched_model()
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        load_artifact(tmp_path / "missing.pt")
+    torch.save({"x": torch.ones(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ArtifactError, match="not a seam-artifact"):
+        load_artifact(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="not a readable artifact"):
+        load_artifact(tmp_path / "junk.pt")
+    path = tmp_path / "a.pt"
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META)
+    with pytest.raises(ArtifactError, match="sha256"):
+        build_reengineered(original, load_artifact(path), model_sha256="cd" * 32)
+    with pytest.raises(ArtifactError, match="does not fit"):
+        build_reengineered(TinyNet(width=4), load_artifact(path))
+    with pytest.raises(ArtifactError, match="lacks"):
+        save_artifact(tmp_path / "b.pt", masks=masks, head={}, meta={"model": "x"})
+    assert not (tmp_path / "b.pt").exists()

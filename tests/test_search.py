@@ -1,0 +1,89 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import TinyNet, tiny_target
+from seam.candidate import ReengineeredModel
+from seam.masking import attach_masks, retention
+from seam.search import SearchConfig, search
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def run(model, data, **overrides):
+    config = SearchConfig(**{"max_epochs": 6, "batch_size": 16, "early_stop": 0, "lr_mask": 0.05, **overrides})
+    return search(model, data, mean=MEAN, std=STD, config=config, progress=False)
+
+
+def test_search_leaves_the_given_model_untouched_and_returns_a_head():
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=4).eval()
+    before = copy.deepcopy(model.state_dict())
+    result = run(model, tiny_target())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert result.head["1.weight"].shape == (2, 4) and result.head["1.bias"].shape == (2,)
+    assert set(result.masks) == {"conv.weight", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"}
+    assert all(m.dtype == torch.bool for m in result.masks.values())
+    assert len(result.history) == 6 and 0 <= result.selected_epoch < 6
+    assert sum(r["selected"] for r in result.history) >= 1
+
+
+def test_original_weights_never_change_during_optimisation():
+    torch.manual_seed(0)
+    model = ReengineeredModel(TinyNet(), 4, 2)
+    masks = attach_masks(model.original)
+    frozen = {n: p.detach().clone() for n, p in model.original.named_parameters() if "scores" not in n}
+    buffers = {n: b.detach().clone() for n, b in model.original.named_buffers()}
+    optim = torch.optim.Adam([m.scores for m in masks.values()] + list(model.head.parameters()), lr=0.1)
+    model.train()
+    for _ in range(5):
+        x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
+        loss = torch.nn.functional.cross_entropy(model(x), y) + retention(masks)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert not model.original.training  # BatchNorm stays in eval mode while the head trains
+    for n, p in model.original.named_parameters():
+        if "scores" not in n:
+            assert torch.equal(p, frozen[n]), n
+    for n, b in model.original.named_buffers():
+        assert torch.equal(b, buffers[n]), n  # BN running statistics untouched
+
+
+def test_head_only_epochs_do_not_move_the_masks():
+    torch.manual_seed(0)
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=2, lr_mask=1.0, alpha=100.0)
+    assert result.history[0]["phase"] == "head" and result.history[0]["retention"] == 1.0
+    assert result.history[1]["phase"] == "head+mask" and result.history[1]["retention"] < 1.0
+
+
+def test_search_is_deterministic_on_cpu():
+    data = tiny_target()
+    torch.manual_seed(1)
+    model = TinyNet().eval()
+    a = run(model, data, seed=3)
+    b = run(model, data, seed=3)
+    assert a.history == b.history
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_high_alpha_drops_retention_and_selection_uses_the_val_split():
+    torch.manual_seed(0)
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=5, alpha=5.0, lr_mask=0.2)
+    assert result.history[-1]["retention"] < 0.9
+    assert set(result.acc_original) == {"val", "test"}
+
+
+def test_select_on_val_without_a_val_split_is_a_clear_error():
+    data = tiny_target(n_val=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        run(TinyNet().eval(), data)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="select_on"):
+        SearchConfig(select_on="train")
+    with pytest.raises(ValueError, match="lr_mask"):
+        SearchConfig(lr_mask=0)
