@@ -1,0 +1,212 @@
+"""Target problems (SeaM RQ1): sub-problems of a raw dataset that a re-engineered model solves.
+
+Spec forms under `targets:` in params.yaml (name -> spec, exactly one kind key):
+  {binary: c}              one-vs-rest: all images of class c (label 0) plus as many drawn at
+                           random (fixed seed) from the other classes (label 1), per split
+  {classes: [i, j, ...]}   multi-class subset, labels re-indexed 0..K-1 in the given order
+  {superclass: s}          CIFAR-100 superclass s: its fine classes (by fine index) -> 0..K-1
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seam.atomic import save_torch
+from seam.datasets import RawDataset
+
+KINDS = ("binary", "classes", "superclass")
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+TARGET_KEYS = (
+    "train_x", "train_y", "val_x", "val_y", "test_x", "test_y",
+    "class_names", "source_classes", "kind", "name", "dataset", "seed", "val_fraction",
+)  # fmt: skip
+
+
+class TargetError(ValueError):
+    """Bad target specification or target file (names the offending target key or file)."""
+
+
+@dataclass
+class TargetProblem:
+    name: str
+    kind: str  # "binary" | "classes" | "superclass"
+    source_classes: list[int]  # original class indices; for binary: [c]
+    class_names: list[str]  # names of the K new labels
+
+
+def _class_index(ref: Any, raw: RawDataset, where: str) -> int:
+    """Resolve a class given by index or name."""
+    n = len(raw.classes)
+    if isinstance(ref, bool):  # bool is an int subclass; `binary: true` is a typo, not class 1
+        raise TargetError(f"{where}: expected a class index or name, got {ref!r}")
+    if isinstance(ref, int):
+        if not 0 <= ref < n:
+            raise TargetError(f"{where}: class index {ref} out of range; valid: 0..{n - 1}")
+        return ref
+    if isinstance(ref, str):
+        if ref not in raw.classes:
+            shown = raw.classes if n <= 20 else raw.classes[:20] + ["..."]
+            raise TargetError(f"{where}: unknown class name {ref!r}; known: {shown}")
+        return raw.classes.index(ref)
+    raise TargetError(f"{where}: expected a class index or name, got {ref!r}")
+
+
+def _superclass_members(ref: Any, raw: RawDataset, where: str) -> list[int]:
+    if raw.coarse_classes is None or raw.train_coarse is None:
+        raise TargetError(f"{where}: dataset {raw.name!r} has no superclasses (coarse labels; CIFAR-100 only)")
+    n = len(raw.coarse_classes)
+    if isinstance(ref, str) and ref in raw.coarse_classes:
+        s = raw.coarse_classes.index(ref)
+    elif isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref < n:
+        s = ref
+    else:
+        raise TargetError(f"{where}: superclass {ref!r} out of range; valid: 0..{n - 1} or a superclass name")
+    return sorted(set(raw.train.labels[raw.train_coarse == s].tolist()))
+
+
+def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetProblem:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise TargetError(f"targets: bad target name {name!r}; must match {NAME_RE.pattern}")
+    where = f"targets.{name}"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        keys = list(spec) if isinstance(spec, dict) else spec
+        raise TargetError(f"{where}: expected exactly one of {list(KINDS)} as key, got {keys!r}")
+    kind, value = next(iter(spec.items()))
+    where = f"{where}.{kind}"
+    if kind == "binary":
+        c = _class_index(value, raw, where)
+        return TargetProblem(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"])
+    if kind == "classes":
+        if not isinstance(value, list):
+            raise TargetError(f"{where}: expected a list of class indices or names, got {value!r}")
+        idx = [_class_index(v, raw, f"{where}[{i}]") for i, v in enumerate(value)]
+        dups = sorted({raw.classes[c] for c in idx if idx.count(c) > 1})
+        if dups:
+            raise TargetError(f"{where}: duplicate classes {dups}")
+    else:
+        idx = _superclass_members(value, raw, where)
+    if len(idx) < 2:
+        raise TargetError(f"{where}: needs at least 2 classes, got {len(idx)}")
+    return TargetProblem(name, kind, idx, [raw.classes[c] for c in idx])
+
+
+def _check_present(raw: RawDataset, problem: TargetProblem) -> None:
+    for split, labels in (("train", raw.train.labels), ("test", raw.test.labels)):
+        counts = torch.bincount(labels, minlength=len(raw.classes))
+        for c in problem.source_classes:
+            if counts[c] == 0:
+                raise TargetError(f"targets.{problem.name}: class {raw.classes[c]!r} ({c}) has no {split} images")
+
+
+def parse_targets(specs: dict, raw: RawDataset) -> list[TargetProblem]:
+    """Validate every target spec against `raw`; return the problems in spec order."""
+    if not isinstance(specs, dict):
+        raise TargetError(f"targets: expected a mapping name -> spec, got {specs!r}")
+    problems = [_parse_one(name, spec, raw) for name, spec in specs.items()]
+    for p in problems:
+        _check_present(raw, p)
+    return problems
+
+
+def _binary_split(labels: torch.Tensor, c: int, gen: torch.Generator, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and new labels: all of class c (0), then as many other-class images (1)."""
+    pos = torch.nonzero(labels == c).flatten()
+    pool = torch.nonzero(labels != c).flatten()
+    if len(pool) < len(pos):
+        raise TargetError(f"{where}: only {len(pool)} other-class images to balance {len(pos)} of the class")
+    neg = pool[torch.randperm(len(pool), generator=gen)[: len(pos)]].sort().values
+    idx = torch.cat([pos, neg])
+    y = torch.cat([torch.zeros(len(pos), dtype=torch.int64), torch.ones(len(neg), dtype=torch.int64)])
+    return idx, y
+
+
+def _subset_split(labels: torch.Tensor, classes: list[int], n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (original order) of images of `classes` and their labels re-indexed in that order."""
+    remap = torch.full((n_classes,), -1, dtype=torch.int64)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    new = remap[labels]
+    idx = torch.nonzero(new >= 0).flatten()
+    return idx, new[idx]
+
+
+def build_target(raw: RawDataset, problem: TargetProblem, *, seed: int, val_fraction: float) -> dict:
+    """Build the train/val/test tensors of a target problem (deterministic in `seed`)."""
+    where = f"targets.{problem.name}"
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise TargetError(f"{where}: val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TargetError(f"{where}: seed must be an integer, got {seed!r}")
+    _check_present(raw, problem)
+    gen = torch.Generator().manual_seed(seed)
+    splits = {}
+    for split, imgs in (("train", raw.train), ("test", raw.test)):
+        if problem.kind == "binary":
+            idx, y = _binary_split(imgs.labels, problem.source_classes[0], gen, f"{where} ({split})")
+        else:
+            idx, y = _subset_split(imgs.labels, problem.source_classes, len(raw.classes))
+        splits[split] = (idx, y)
+
+    # Validation: stratified hold-out from the (balanced) training images.
+    train_idx, train_y = splits["train"]
+    keep, val = [], []
+    for k in range(len(problem.class_names)):
+        members = torch.nonzero(train_y == k).flatten()
+        n_val = round(val_fraction * len(members))
+        if n_val >= len(members) and len(members) > 0:
+            raise TargetError(f"{where}: val_fraction {val_fraction} leaves no training images for label {k}")
+        perm = members[torch.randperm(len(members), generator=gen)]
+        val.append(perm[:n_val])
+        keep.append(perm[n_val:])
+    keep_pos = torch.cat(keep).sort().values
+    val_pos = torch.cat(val).sort().values
+
+    def take(imgs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # index_select copies, so a saved tensor never drags the whole dataset's storage along.
+        return imgs.index_select(0, pos)
+
+    test_idx, test_y = splits["test"]
+    return {
+        "train_x": take(raw.train.images, train_idx[keep_pos]),
+        "train_y": train_y[keep_pos].clone(),
+        "val_x": take(raw.train.images, train_idx[val_pos]),
+        "val_y": train_y[val_pos].clone(),
+        "test_x": take(raw.test.images, test_idx),
+        "test_y": test_y.clone(),
+        "class_names": list(problem.class_names),
+        "source_classes": [int(c) for c in problem.source_classes],
+        "kind": problem.kind,
+        "name": problem.name,
+        "dataset": raw.name,
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+    }
+
+
+def save_target(data: dict, path: str | os.PathLike) -> None:
+    """Write a `build_target` dict atomically with torch.save."""
+    missing = [k for k in TARGET_KEYS if k not in data]
+    if missing:
+        raise TargetError(f"{path}: not a target dict, missing keys {missing}")
+    save_torch(data, path)
+
+
+def load_target(path: str | os.PathLike) -> dict:
+    """Load a target file written by `save_target` (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TargetError(f"{path}: target file not found (run the prepare stage)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise TargetError(f"{path}: not a target file: {e}") from e
+    missing = [k for k in TARGET_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise TargetError(f"{path}: not a target file, missing keys {missing}")
+    return data

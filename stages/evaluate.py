@@ -1,0 +1,76 @@
+"""DVC stage `evaluate`: original vs re-engineered accuracy and weight retention, per target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seam.accuracy import accuracy, original_accuracy, predict
+from seam.artifact import build_reengineered, load_artifact
+from seam.atomic import write_json
+from seam.augment import Normalize
+from seam.masking import count_kept
+from seam.params import get, load_params
+from seam.registry import get_spec, load_model
+from seam.targets import load_target
+
+PREPARED = Path("data/prepared")
+PRETRAINED = Path("models/pretrained")
+REENGINEERED = Path("models/reengineered")
+OUT = Path("metrics/reengineering.json")
+
+
+def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
+    data = load_target(PREPARED / f"{name}.pt")
+    artifact = load_artifact(REENGINEERED / f"{name}.pt")
+    model = build_reengineered(original, artifact, model_sha256=model_sha256)
+    normalize = Normalize(spec.mean, spec.std)
+    x, y = data["test_x"], data["test_y"]
+    logits_original = predict(original, x, normalize)
+    rule = {"kind": data["kind"], "source_classes": data["source_classes"]}
+    kept, total = count_kept(artifact["masks"])
+    meta = artifact["meta"]
+    return {
+        "kind": data["kind"],
+        "classes": data["class_names"],
+        "n_test": len(y),
+        "acc_original": original_accuracy(logits_original, y, **rule),
+        "acc_original_fair": original_accuracy(logits_original, y, **rule, fair=True),
+        "acc_reengineered": accuracy(predict(model, x, normalize), y),
+        "weights_kept": kept,
+        "weights_total": total,
+        "weight_retention": kept / total,
+        "selected_epoch": meta["selected_epoch"],
+        "epochs_run": meta["epochs_run"],
+        "reached_original_acc": meta["reached_target"],
+    }
+
+
+def main() -> None:
+    params = load_params()
+    names = list(get(params, "targets", dict))
+    info = json.loads((PRETRAINED / "model.json").read_text())
+    spec = get_spec(info["name"])
+    original = load_model(spec, PRETRAINED / "model.pt")
+    per_target = {name: evaluate_target(name, original, spec, info["sha256"]) for name in names}
+
+    def mean(key: str) -> float:
+        return sum(t[key] for t in per_target.values()) / len(per_target)
+
+    metrics = {
+        "acc_original": mean("acc_original"),
+        "acc_original_fair": mean("acc_original_fair"),
+        "acc_reengineered": mean("acc_reengineered"),
+        "weight_retention": mean("weight_retention"),
+        "n_targets": len(per_target),
+        "model": spec.name,
+        "targets": per_target,
+    }
+    write_json(metrics, OUT)
+    for name, t in per_target.items():
+        print(f"{name}: original {t['acc_original']:.4f} -> re-engineered {t['acc_reengineered']:.4f}, "
+              f"weights kept {t['weights_kept']}/{t['weights_total']} ({t['weight_retention']:.2%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""DVC stage `reengineer@<target>`: search the mask and head for one target problem."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seam.artifact import save_artifact
+from seam.atomic import write_text
+from seam.device import resolve_device
+from seam.params import ParamsError, get, load_params
+from seam.registry import get_spec, load_model
+from seam.search import SearchConfig, config_dict, search
+from seam.targets import load_target
+
+PREPARED = Path("data/prepared")
+PRETRAINED = Path("models/pretrained")
+OUT = Path("models/reengineered")
+PLOTS = Path("plots/reengineer")
+SEARCH_KEYS = ("lr_mask", "lr_head", "batch_size", "max_epochs", "early_stop", "select_on")
+
+
+def _write_log(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+    write_text(buf.getvalue(), path)
+
+
+def main(target: str) -> None:
+    params = load_params()
+    if target not in get(params, "targets", dict):
+        raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params['targets'])})")
+    config = SearchConfig(
+        alpha=float(get(params, "alpha", (int, float))),
+        seed=get(params, "seed", int),
+        **{key: get(params, f"reengineer.{key}") for key in SEARCH_KEYS},
+    )
+    device = resolve_device(get(params, "reengineer.device", str))
+    data = load_target(PREPARED / f"{target}.pt")
+    info = json.loads((PRETRAINED / "model.json").read_text())
+    spec = get_spec(info["name"])
+    original = load_model(spec, PRETRAINED / "model.pt")
+    torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on the CPU
+
+    rows: list[dict] = []
+    log_path = PLOTS / f"{target}.csv"
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        _write_log(rows, log_path)  # rewritten each epoch, so a long run can be watched
+
+    print(f"re-engineering {spec.name} for {target} ({data['class_names']}) on {device}", file=sys.stderr)
+    start = time.perf_counter()
+    result = search(original, data, mean=spec.mean, std=spec.std, config=config, device=device, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    save_artifact(
+        OUT / f"{target}.pt",
+        masks=result.masks,
+        head=result.head,
+        meta={
+            "model": spec.name,
+            "model_sha256": info["sha256"],
+            "num_outputs": spec.num_classes,
+            "target": {k: data[k] for k in ("name", "kind", "source_classes", "class_names", "dataset")},
+            "search": config_dict(config),
+            "selected_epoch": result.selected_epoch,
+            "epochs_run": len(result.history),
+            "reached_target": result.reached_target,
+            "acc_original": result.acc_original,
+            "device": str(device),
+            "seconds": round(seconds, 1),
+        },
+    )
+    sel = result.history[result.selected_epoch]
+    print(f"{target}: kept epoch {result.selected_epoch} of {len(result.history)} "
+          f"(retention {sel['retention']:.4f}, {config.select_on} acc {sel[config.select_on + '_acc']:.4f} "
+          f"vs original {result.acc_original[config.select_on]:.4f}) in {seconds:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python stages/reengineer.py <target name from params.yaml>")
+    main(sys.argv[1])
