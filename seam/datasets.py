@@ -8,7 +8,6 @@ a directory or a tar archive, local or http(s), optionally sha256-checked.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import multiprocessing
 import os
@@ -18,7 +17,6 @@ import shutil
 import tarfile
 import tempfile
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -26,7 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+
+from seam.download import ChecksumError, DownloadError, fetch_file, is_url, verify
 
 
 class DatasetError(ValueError):
@@ -94,10 +93,6 @@ def _check_cfg(cfg: Any) -> tuple[str, str | None, str | None]:
     return name, (str(source) if source is not None else None), sha256
 
 
-def _is_url(source: str) -> bool:
-    return urllib.parse.urlparse(source).scheme in ("http", "https")
-
-
 def _is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
@@ -126,70 +121,58 @@ def _atomic_dir(final: Path) -> Iterator[Path]:
                 old.unlink(missing_ok=True)
 
 
-def _hash_file(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+_OFFLINE_HINT = (
+    "If this machine is offline, download the archive elsewhere and set dataset.source to its local path."
+)
 
 
-def _verify(path: Path, algo: str, expected: str, label: str) -> None:
-    actual = _hash_file(path, algo)
-    if actual != expected:
-        raise DatasetError(f"{label}: {algo} mismatch: expected {expected}, got {actual}")
-
-
-def _download_url(url: str, dest: Path) -> None:
-    """Download `url` to `dest` through a temp file beside it, with a progress bar."""
-    part = dest.with_name(dest.name + ".part")
+@contextlib.contextmanager
+def _as_dataset_error() -> Iterator[None]:
+    """Re-raise seam.download's failures as DatasetError: one type for callers to catch."""
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": "seam-pipeline"})
-        with urllib.request.urlopen(req, timeout=60) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(part, dest)
-    except OSError as e:  # URLError and HTTPError are OSErrors
-        raise DatasetError(f"dataset.source: cannot download {url}: {e}") from e
-    finally:
-        part.unlink(missing_ok=True)
+        yield
+    except ChecksumError as e:  # names the file, the expected and the actual digest
+        raise DatasetError(str(e)) from e
+    except DownloadError as e:
+        raise DatasetError(f"dataset.source: {e}") from e
 
 
-def _fetch_archive(source: str, dest: Path) -> None:
-    """Copy a local archive or download a URL to `dest`."""
-    if _is_url(source):
-        _download_url(source, dest)
-        return
-    src = Path(source).expanduser()
-    if not src.exists():
-        raise DatasetError(f"dataset.source: {src} does not exist")
-    if not src.is_file():
-        raise DatasetError(f"dataset.source: {src} is not a file (expected an archive)")
-    shutil.copyfile(src, dest)
+def _fetch_archive(source: str, dest: Path, *, sha256: str | None = None, md5: str | None = None) -> None:
+    """Copy a local archive or download a URL to `dest`, verified against the digests given."""
+    if not is_url(source):
+        src = Path(source).expanduser()
+        if not src.exists():
+            raise DatasetError(f"dataset.source: {src} does not exist")
+        if not src.is_file():
+            raise DatasetError(f"dataset.source: {src} is not a file (expected an archive)")
+        source = str(src)
+    with _as_dataset_error():
+        # An imagefolder archive may come without dataset.sha256: nothing to verify then.
+        fetch_file(source, dest, sha256=sha256, md5=md5, offline_hint=_OFFLINE_HINT,
+                   unverified=sha256 is None and md5 is None)
 
 
 def _download_cifar(name: str, source: str | None, sha256: str | None, tmp: Path) -> None:
     cls = _cifar_class(name)
     archive = tmp / cls.filename
     if source is not None:
-        _fetch_archive(source, archive)
         # Checked here: on a mismatch torchvision would silently fall back to its own URL.
-        _verify(archive, "md5", cls.tgz_md5, f"dataset.source {source}")
+        _fetch_archive(source, archive, sha256=sha256, md5=cls.tgz_md5)
     try:
         # Downloads (when no source) with md5 check, extracts, then checks every batch's md5.
         cls(str(tmp), train=True, download=True)
     except (OSError, RuntimeError, tarfile.TarError) as e:
         raise DatasetError(f"dataset: cannot download/verify {name}: {e}") from e
-    if sha256 is not None:
-        _verify(archive, "sha256", sha256, f"dataset.source {source or cls.url}")
+    if source is None and sha256 is not None:
+        try:
+            verify(archive, sha256=sha256)
+        except ChecksumError as e:
+            raise DatasetError(f"{e} (downloaded from {cls.url})") from e
     archive.unlink()  # the extracted batches are all load_dataset needs
 
 
 def _download_imagefolder(source: str, sha256: str | None, tmp: Path) -> None:
-    if _is_url(source):
+    if is_url(source):
         name = PurePosixPath(urllib.parse.urlparse(source).path).name
         if not _is_archive(name):
             raise DatasetError(f"dataset.source: URL {source} must name a {'/'.join(ARCHIVE_SUFFIXES)} archive")
@@ -210,9 +193,7 @@ def _download_imagefolder(source: str, sha256: str | None, tmp: Path) -> None:
                 f"expected a directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive"
             )
     archive = tmp / name
-    _fetch_archive(source, archive)
-    if sha256 is not None:
-        _verify(archive, "sha256", sha256, f"dataset.source {source}")
+    _fetch_archive(source, archive, sha256=sha256)
     with _open_tar(archive) as tf:
         _scan_layout(_tar_files(tf, archive), str(archive.name))
 

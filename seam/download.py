@@ -144,20 +144,28 @@ def fetch_file(
     md5: str | None = None,
     progress: bool = True,
     offline_hint: str | None = None,
+    unverified: bool = False,
 ) -> Path:
     """Place a verified copy of `source` (http(s) URL or local path) at `dest` and return dest.
 
-    At least one digest is required. An existing `dest` that verifies is returned as is;
+    At least one digest is required, unless the caller says ``unverified=True`` (a user's
+    own archive given without a hash): then the bytes are fetched as they are, always
+    afresh. An existing `dest` that verifies is returned as is;
     one that does not is removed and fetched again. The bytes go to a temporary file beside
     `dest` and are renamed onto it only after verification, so on any failure nothing is
     left at `dest`. `offline_hint` replaces the generic advice appended to network errors.
     """
     dest = Path(dest)
-    if sha256 is None and sha256_prefix is None and md5 is None:
+    has_digest = not (sha256 is None and sha256_prefix is None and md5 is None)
+    if not has_digest and not unverified:
         raise ValueError(f"fetch_file({source!s}) needs a digest (sha256, sha256_prefix or md5)")
     digests = dict(sha256=sha256, sha256_prefix=sha256_prefix, md5=md5)
 
-    if dest.exists():
+    def check(path: Path, label: str) -> None:
+        if has_digest:
+            _check(path, label, **digests)
+
+    if dest.exists() and has_digest:
         try:
             verify(dest, **digests)
             return dest
@@ -173,7 +181,7 @@ def fetch_file(
         )
         with atomic_path(dest) as tmp:
             _download(text, tmp, progress, hint)
-            _check(tmp, f"{dest.name} downloaded from {text}", **digests)
+            check(tmp, f"{dest.name} downloaded from {text}")
         return dest
 
     src = _local_source(source)
@@ -182,5 +190,5 @@ def fetch_file(
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
         # Check the copy, not the source: the bytes at dest are what must match.
-        _check(tmp, f"{src} (copying to {dest})", **digests)
+        check(tmp, f"{src} (copying to {dest})")
     return dest

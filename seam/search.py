@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -106,6 +107,9 @@ def search(
     selector = Selector(target_acc=acc_original[config.select_on], early_stop=config.early_stop)
     best = None
     history = []
+    # The per-batch bar helps at a terminal; in a log (CI, redirected dvc repro) it would
+    # add a line per update, so there only the per-epoch bar is kept.
+    batch_bar = progress and sys.stderr.isatty()
     epochs = tqdm(range(config.max_epochs), desc=f"search {data.get('name', '')}".strip(), unit="epoch",
                   disable=not progress)
     for epoch in epochs:
@@ -113,7 +117,7 @@ def search(
         optim = optim_head
         if not head_only:
             optim = optim_joint
-        stats = _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, progress)
+        stats = _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, batch_bar)
 
         with parametrize.cached():
             accs = {s: accuracy(predict(model, x, normalize, device=device), y) for s, (x, y) in splits.items()}
@@ -142,7 +146,7 @@ def search(
     )
 
 
-def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, progress) -> dict:
+def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, batch_bar) -> dict:
     model.train()
     # Head-only epochs need no gradient through the original model: freezing the scores
     # there makes autograd stop at the head, which makes those epochs ~3x cheaper.
@@ -153,7 +157,7 @@ def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, 
     totals = torch.zeros(3, dtype=torch.float64, device=train_x.device)  # loss, ce, retention
     n_batches = 0
     batches = range(0, n, config.batch_size)
-    for start in tqdm(batches, desc="head" if head_only else "head+mask", leave=False, disable=not progress):
+    for start in tqdm(batches, desc="head" if head_only else "head+mask", leave=False, disable=not batch_bar):
         idx = order[start : start + config.batch_size]
         x = normalize(random_crop_flip(train_x[idx], config.padding, gen))
         ce = F.cross_entropy(model(x), train_y[idx])

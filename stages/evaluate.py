@@ -32,7 +32,6 @@ def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
     meta = artifact["meta"]
     return {
         "kind": data["kind"],
-        "classes": data["class_names"],
         "n_test": len(y),
         "acc_original": original_accuracy(logits_original, y, **rule),
         "acc_original_fair": original_accuracy(logits_original, y, **rule, fair=True),

@@ -187,3 +187,15 @@ def test_fetch_unreachable_url_names_url_and_offline_route(tmp_path: Path) -> No
 
     with pytest.raises(DownloadError, match="use the mirror"):
         fetch_file(url, out / "x", sha256=SHA256, progress=False, offline_hint="use the mirror")
+
+
+def test_unverified_fetch_copies_without_a_digest_and_refuses_by_default(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"user data")
+    with pytest.raises(ValueError, match="needs a digest"):
+        fetch_file(src, tmp_path / "a.bin")
+    assert not (tmp_path / "a.bin").exists()
+    dest = tmp_path / "b.bin"
+    dest.write_bytes(b"stale")
+    assert fetch_file(src, dest, unverified=True) == dest
+    assert dest.read_bytes() == b"user data"  # no digest to trust an existing file by: fetched afresh

@@ -1,0 +1,117 @@
+"""End to end: the real DVC pipeline on a tiny slice of ../shared, in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+CLASSES = ("airplane", "automobile", "bird")
+N_TRAIN, N_TEST = 24, 8
+
+
+def sh(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def tiny_imagefolder(archive: Path, dest: Path) -> None:
+    """The first few images of three classes, as an imagefolder directory."""
+    want = {(split, c): n for split, n in (("train", N_TRAIN), ("test", N_TEST)) for c in CLASSES}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3:
+                continue
+            key = (parts[-3], parts[-2])
+            if want.get(key, 0) > 0:
+                want[key] -= 1
+                out = dest / key[0] / key[1] / parts[-1]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(member).read())
+            if not any(want.values()):
+                break
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    shared = REPO.parent / "shared"
+    if not (shared / "datasets" / "cifar10-jpeg.tar.gz").exists():
+        pytest.skip(f"offline assets not found at {shared} (see README, 'Offline / air-gapped')")
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path_factory.mktemp("e2e")
+    repo = root / "repo"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, repo / rel)
+    tiny_imagefolder(shared / "datasets" / "cifar10-jpeg.tar.gz", root / "tiny")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["dataset"] = {"name": "imagefolder", "source": str(root / "tiny"), "sha256": None}
+    params["targets"] = {"airplane": {"binary": 0}, "trio": {"classes": [0, 1, 2]}}
+    params["prepare"]["val_fraction"] = 0.25
+    params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1, device="cpu")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = dict(os.environ, SEAM_MODEL_MIRROR=str(shared / "models"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "e2e"], repo, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    out = sh(dvc + ["repro"], repo, env)
+    # As the README says: commit the run, so experiments have a baseline to diff against.
+    sh(["git", "add", "dvc.lock", "metrics", "plots"], repo, env)
+    sh(["git", "commit", "-qm", "baseline"], repo, env)
+    return {"repo": repo, "env": env, "dvc": dvc, "repro_log": out}
+
+
+def test_repro_writes_metrics_plots_and_artifacts(pipeline):
+    repo = pipeline["repo"]
+    metrics = json.loads((repo / "metrics/reengineering.json").read_text())
+    assert metrics["n_targets"] == 2 and set(metrics["targets"]) == {"airplane", "trio"}
+    for key in ("acc_original", "acc_reengineered", "weight_retention"):
+        assert 0.0 <= metrics[key] <= 1.0
+    trio = metrics["targets"]["trio"]
+    assert trio["acc_original_fair"] >= trio["acc_original"]  # the fair rule only removes wrong answers
+    assert metrics["targets"]["airplane"]["weights_total"] == 268_346  # ResNet20: 267,696 conv weights + 650 linear weights and biases
+    for name in ("airplane", "trio"):
+        assert (repo / f"models/reengineered/{name}.pt").exists()
+        log = (repo / f"plots/reengineer/{name}.csv").read_text().splitlines()
+        assert log[0].startswith("epoch,phase,loss,ce") and len(log) == 5  # header + 4 epochs
+    status = sh(pipeline["dvc"] + ["status"], repo, pipeline["env"])
+    assert "up to date" in status
+
+
+def test_plots_show_renders_the_convergence_curve(pipeline):
+    repo = pipeline["repo"]
+    sh(pipeline["dvc"] + ["plots", "show", "-o", "rendered"], repo, pipeline["env"])
+    html = (repo / "rendered/index.html").read_text()
+    assert "retention" in html and "airplane" in html
+
+
+def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    out = sh(dvc + ["exp", "run", "-S", "alpha=20"], repo, env)
+    for stage in ("download", "prepare", "fetch_model"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Running stage 'reengineer@airplane'" in out and "Running stage 'evaluate'" in out
+    diff = json.loads(sh(dvc + ["metrics", "diff", "--json"], repo, env))
+    changed = diff["metrics/reengineering.json"]
+    assert any(v.get("diff") for k, v in changed.items() if "retention" in k), changed
