@@ -97,6 +97,8 @@ def search(
 
     model = ReengineeredModel(base, num_outputs, num_classes).to(device)
     masks = attach_masks(model.original)
+    # NHWC convolutions are ~12% faster on the CPU here (oneDNN) and are cuDNN's fast path.
+    model.to(memory_format=torch.channels_last)
     mask_params = [m.scores for m in masks.values()]
     head_params = list(model.head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
@@ -159,7 +161,7 @@ def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, 
     batches = range(0, n, config.batch_size)
     for start in tqdm(batches, desc="head" if head_only else "head+mask", leave=False, disable=not batch_bar):
         idx = order[start : start + config.batch_size]
-        x = normalize(random_crop_flip(train_x[idx], config.padding, gen))
+        x = normalize(random_crop_flip(train_x[idx], config.padding, gen)).contiguous(memory_format=torch.channels_last)
         ce = F.cross_entropy(model(x), train_y[idx])
         kept = retention(masks)
         # The head-only optimiser holds no scores, so the retention term only moves the
