@@ -14,12 +14,13 @@ from torch import nn
 from seam.atomic import save_torch
 from seam.candidate import ReengineeredModel
 from seam.masking import apply_masks
+from seam.errors import SeamError
 
 FORMAT = "seam-artifact"
 VERSION = 1
 
 
-class ArtifactError(ValueError):
+class ArtifactError(SeamError, ValueError):
     """An artifact file is missing, malformed, or does not fit the model it is applied to."""
 
 

@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 
 from seam.download import ChecksumError, DownloadError, fetch_file, is_url, verify
+from seam.errors import SeamError
 
 
-class DatasetError(ValueError):
+class DatasetError(SeamError, ValueError):
     """Bad dataset configuration or raw data (names the offending key or file)."""
 
 

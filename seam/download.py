@@ -19,16 +19,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from seam.atomic import atomic_path
+from seam.errors import SeamError
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 
 
-class ChecksumError(ValueError):
+class ChecksumError(SeamError, ValueError):
     """A file's digest differs from the expected one."""
 
 
-class DownloadError(OSError):
+class DownloadError(SeamError, OSError):
     """A URL could not be downloaded (network or HTTP failure)."""
 
 

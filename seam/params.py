@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from seam.errors import SeamError
 
 
-class ParamsError(ValueError):
+class ParamsError(SeamError, ValueError):
     """params.yaml is missing, unreadable, or lacks / mistypes a key."""
 
 

@@ -14,12 +14,13 @@ from torch import nn
 
 from seam import download
 from seam.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
+from seam.errors import SeamError
 
 MIRROR_ENV = "SEAM_MODEL_MIRROR"
 DEFAULT_MODEL = "resnet20"
 
 
-class ModelError(ValueError):
+class ModelError(SeamError, ValueError):
     """Unknown model name, unreadable checkpoint, or checkpoint that does not fit the model."""
 
 

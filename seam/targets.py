@@ -20,6 +20,7 @@ import torch
 
 from seam.atomic import save_torch
 from seam.datasets import RawDataset
+from seam.errors import SeamError
 
 KINDS = ("binary", "classes", "superclass")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -29,7 +30,7 @@ TARGET_KEYS = (
 )  # fmt: skip
 
 
-class TargetError(ValueError):
+class TargetError(SeamError, ValueError):
     """Bad target specification or target file (names the offending target key or file)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seam.datasets import download_dataset
+from seam.errors import run_stage
 from seam.params import get, load_params
 
 OUT = Path("data/raw")
@@ -17,4 +18,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,6 +10,7 @@ from seam.artifact import build_reengineered, load_artifact
 from seam.atomic import write_json
 from seam.augment import Normalize
 from seam.masking import count_kept
+from seam.errors import run_stage
 from seam.params import get, load_params
 from seam.registry import get_spec, load_model
 from seam.targets import load_target
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

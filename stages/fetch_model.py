@@ -6,6 +6,7 @@ from pathlib import Path
 
 from seam.atomic import write_json
 from seam.download import file_digest
+from seam.errors import run_stage
 from seam.params import get, load_params
 from seam.registry import fetch_model, get_spec, load_model
 
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from seam.datasets import load_dataset
+from seam.errors import run_stage
 from seam.params import get, load_params
 from seam.targets import build_target, parse_targets, save_target
 
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

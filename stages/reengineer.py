@@ -14,6 +14,7 @@ import torch
 from seam.artifact import save_artifact
 from seam.atomic import write_text
 from seam.device import resolve_device
+from seam.errors import run_stage
 from seam.params import ParamsError, get, load_params
 from seam.registry import get_spec, load_model
 from seam.search import SearchConfig, config_dict, search
@@ -23,7 +24,9 @@ PREPARED = Path("data/prepared")
 PRETRAINED = Path("models/pretrained")
 OUT = Path("models/reengineered")
 PLOTS = Path("plots/reengineer")
-SEARCH_KEYS = ("lr_mask", "lr_head", "batch_size", "max_epochs", "early_stop", "select_on")
+NUMBER = (int, float)
+SEARCH_KEYS = {"lr_mask": NUMBER, "lr_head": NUMBER, "batch_size": int, "max_epochs": int, "early_stop": int,
+               "select_on": str}
 
 
 def _write_log(rows: list[dict], path: Path) -> None:
@@ -39,13 +42,21 @@ def main(target: str) -> None:
     params = load_params()
     if target not in get(params, "targets", dict):
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params['targets'])})")
-    config = SearchConfig(
-        alpha=float(get(params, "alpha", (int, float))),
-        seed=get(params, "seed", int),
-        **{key: get(params, f"reengineer.{key}") for key in SEARCH_KEYS},
-    )
-    device = resolve_device(get(params, "reengineer.device", str))
+    try:
+        config = SearchConfig(
+            alpha=float(get(params, "alpha", NUMBER)),
+            seed=get(params, "seed", int),
+            **{key: get(params, f"reengineer.{key}", kind) for key, kind in SEARCH_KEYS.items()},
+        )
+        device = resolve_device(get(params, "reengineer.device", str))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ParamsError):
+            raise
+        raise ParamsError(f"params.yaml: reengineer: {exc}") from exc
     data = load_target(PREPARED / f"{target}.pt")
+    if config.select_on == "val" and len(data["val_y"]) == 0:
+        raise ParamsError("params.yaml: reengineer.select_on is 'val' but prepare.val_fraction is 0 "
+                          "(no validation images); set val_fraction > 0 or select_on: test")
     info = json.loads((PRETRAINED / "model.json").read_text())
     spec = get_spec(info["name"])
     original = load_model(spec, PRETRAINED / "model.pt")
@@ -89,4 +100,4 @@ def main(target: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python stages/reengineer.py <target name from params.yaml>")
-    main(sys.argv[1])
+    run_stage(main, sys.argv[1])

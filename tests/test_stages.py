@@ -1,0 +1,50 @@
+"""Stage scripts report bad input as one clear line, without a traceback, and write nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def run_stage(tmp_path, script, *args, params=None):
+    if params is not None:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+def test_missing_params_file(tmp_path):
+    proc = run_stage(tmp_path, "download.py")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: params.yaml: not found") and "Traceback" not in proc.stderr
+
+
+def test_unknown_dataset_names_the_key_and_writes_nothing(tmp_path):
+    proc = run_stage(tmp_path, "download.py", params=dict(PARAMS, dataset={"name": "mnist", "source": None, "sha256": None}))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "mnist" in proc.stderr and "cifar10" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_target_and_bad_search_params(tmp_path):
+    proc = run_stage(tmp_path, "reengineer.py", "nosuch", params=PARAMS)
+    assert proc.returncode == 1 and "no target 'nosuch'" in proc.stderr
+    bad = dict(PARAMS, reengineer=dict(PARAMS["reengineer"], select_on="train"))
+    proc = run_stage(tmp_path, "reengineer.py", "airplane", params=bad)
+    assert proc.returncode == 1 and "reengineer" in proc.stderr and "select_on" in proc.stderr
+    bad = dict(PARAMS, reengineer=dict(PARAMS["reengineer"], lr_mask="fast"))
+    proc = run_stage(tmp_path, "reengineer.py", "airplane", params=bad)
+    assert proc.returncode == 1 and "lr_mask" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_unknown_model(tmp_path):
+    proc = run_stage(tmp_path, "fetch_model.py", params=dict(PARAMS, model={"name": "resnet9000"}))
+    assert proc.returncode == 1 and "resnet9000" in proc.stderr and "resnet20" in proc.stderr
+    assert not (tmp_path / "models").exists()
