@@ -1,0 +1,155 @@
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import TinyNet
+from seam.architectures import chenyaofo_cifar_resnet
+from seam.flops import FlopCountAnalysis, count_flops, count_weights, flop_breakdown
+from seam.masking import attach_masks, binary_masks
+
+
+class HandNet(nn.Module):
+    """conv 3->2 (3x3, no padding) on a 4x4 image -> 2x2 outputs -> flatten (8) -> linear 8->3."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.fc = nn.Linear(8, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.fill_(1.0)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def masked_hand_net() -> HandNet:
+    net = HandNet()
+    with torch.no_grad():
+        net.conv.weight[0] = 0           # the whole first filter: 3*3*3 = 27 zeros
+        net.conv.weight[1, 0, 0, 0] = 0  # one more zero in the second filter
+        net.conv.bias[1] = 0             # biases are additions: no flops either way
+        net.fc.weight[:, :4] = 0         # 3 rows x 4 columns = 12 zeros
+    return net
+
+
+def test_hand_checked_counts():
+    # Dense: conv 2*3*3*3 = 54 weights x 2*2 output positions = 216; linear 8*3 = 24. Total 240.
+    assert count_flops(HandNet(), 4) == 240
+    assert count_flops(masked_hand_net(), 4) == 240  # dense counting ignores zeros
+    # Non-zero only: conv (54 - 27 - 1) = 26 weights x 4 positions = 104; linear 24 - 12 = 12.
+    assert count_flops(masked_hand_net(), 4, nonzero_only=True) == 104 + 12
+
+
+def test_count_weights_known_zeros():
+    # conv.weight 54 (26 non-zero), conv.bias 2 (1), fc.weight 24 (12), fc.bias 3 (3).
+    assert count_weights(HandNet()) == (83, 83)
+    assert count_weights(masked_hand_net()) == (26 + 1 + 12 + 3, 54 + 2 + 24 + 3)
+
+
+def test_dense_count_equals_fvcore_default():
+    net = TinyNet().eval()
+    x = torch.zeros(1, 3, 8, 8)
+    assert count_flops(net, 8) == FlopCountAnalysis(net, x).unsupported_ops_warnings(False).total()
+    # And the same for a model without zeros counted with the non-zero rule.
+    assert count_flops(net, 8, nonzero_only=True) == count_flops(net, 8)
+
+
+def test_resnet20_matches_paper_table_v():
+    # Table V: ResNet20 (chenyaofo, CIFAR-10) has 41.22M FLOPs by fvcore.
+    assert count_flops(chenyaofo_cifar_resnet(20, 10), 32) == 41_218_688
+
+
+def test_zeroing_one_conv_removes_exactly_its_share():
+    net = TinyNet().eval()
+    dense = count_flops(net, 8)
+    # conv2: 8*8*3*3 = 576 weights x 8*8 positions (padding 1) = 36864.
+    share = FlopCountAnalysis(net, torch.zeros(1, 3, 8, 8)).unsupported_ops_warnings(False).by_module()["conv2"]
+    assert share == 36864
+    with torch.no_grad():
+        net.conv2.weight.zero_()
+    assert count_flops(net, 8, nonzero_only=True) == dense - share
+    assert count_flops(net, 8) == dense
+
+
+def test_parametrized_masks_and_modes():
+    net = TinyNet().train()
+    masks = attach_masks(net)
+    with torch.no_grad():
+        for m in masks.values():
+            m.scores.uniform_(-1, 1, generator=torch.Generator().manual_seed(0))
+    # The parametrized model counts its masked weights: kept entries x 8*8 positions.
+    expected_conv = sum(int(b.sum()) * 64 for name, b in binary_masks(masks).items()
+                        if name in ("conv.weight", "conv2.weight"))
+    out = flop_breakdown(net, 8, nonzero_only=True)
+    assert out["by_operator"]["conv"] == expected_conv
+    assert out["by_operator"]["batch_norm"] == 2 * 8 * 64  # eval-mode BN, even for a training model
+    assert net.training and net.bn.training  # modes restored
+    assert out["skipped"] == {"aten::mean": 1}
+    assert count_weights(net)[0] == sum(int(b.sum()) for b in binary_masks(masks).values())
+
+
+class MatmulNet(nn.Module):
+    """Weights used through addmm and matmul, on either side."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(5, 12))
+        self.b = nn.Parameter(torch.zeros(5))
+        self.w2 = nn.Parameter(torch.ones(5, 7))
+
+    def forward(self, x):
+        y = torch.addmm(self.b, x.mean((2, 3)).repeat(1, 4), self.w.t())  # [1, 12] @ [12, 5]
+        return y @ self.w2, self.w2.t() @ y.t()  # [1, 5] @ [5, 7] and [7, 5] @ [5, 1]
+
+
+def test_matmul_ops():
+    net = MatmulNet()
+    assert count_flops(net, 2) == 12 * 5 + 5 * 7 + 7 * 5
+    with torch.no_grad():
+        net.w[:, :10] = 0  # 50 zeros -> 10 non-zero
+        net.w2[0] = 0      # 7 zeros -> 28 non-zero
+    assert count_flops(net, 2, nonzero_only=True) == 10 + 28 + 28
+
+
+def test_input_image_is_not_a_weight_and_views_are():
+    class InputMatmul(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4, 5, 1))  # used through a 2-D view
+            with torch.no_grad():
+                self.w[0] = 0  # 5 zeros -> 15 non-zero
+
+        def forward(self, x):  # x: [1, 3, 4, 4] = 48 zeros
+            y = x.view(12, 4) @ self.w.view(4, 5)  # [12, 4] @ [4, 5]
+            return y.t() @ x.view(12, 4)  # [5, 12] @ [12, 4]: no weight involved
+
+    # Dense: 12*4*5 = 240 and 5*12*4 = 240. Non-zero only: 12 rows x 15 = 180, and still 240
+    # for the product of two activations (the all-zero image must not count as a weight).
+    assert count_flops(InputMatmul(), 4) == 240 + 240
+    assert count_flops(InputMatmul(), 4, nonzero_only=True) == 180 + 240
+
+
+def test_weight_computed_in_forward_is_refused():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2, 3, 1, 1))
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight * 2)
+
+    assert count_flops(Scaled(), 2) == 6 * 4
+    with pytest.raises(ValueError, match="computed in the forward pass"):
+        count_flops(Scaled(), 2, nonzero_only=True)
+
+
+def test_no_warnings_for_skipped_ops(caplog):
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        count_flops(TinyNet(), 8, nonzero_only=True)  # aten::mean is skipped by fvcore
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
