@@ -45,6 +45,7 @@ class _PadShortcut(nn.Module):
 
     def __init__(self, in_planes: int, out_planes: int) -> None:
         super().__init__()
+        self.in_planes = in_planes
         extra = out_planes - in_planes
         # Split the padding evenly on both sides, as in the reference implementation.
         self.pad_before = extra // 2
@@ -53,6 +54,31 @@ class _PadShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, ::2, ::2]
         return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+    def export_form(self) -> nn.Module:
+        """The same map as a fixed 0/1 1x1 stride-2 convolution, for ONNX export.
+
+        DeepSparse 1.8 does not run a channel ``Pad`` (nor a ``Concat`` with zeros): it
+        splits the graph around it, or crashes. A convolution whose weight embeds channel
+        i at i + pad_before is the identical function (x * 1 + 0 * others is exact) that
+        every engine runs natively.
+        """
+        out_planes = self.in_planes + self.pad_before + self.pad_after
+        return _EmbedChannels(self.in_planes, out_planes, self.pad_before)
+
+
+class _EmbedChannels(nn.Module):
+    """Fixed 1x1 stride-2 convolution placing input channel i at output channel i + offset."""
+
+    def __init__(self, in_planes: int, out_planes: int, offset: int) -> None:
+        super().__init__()
+        weight = torch.zeros(out_planes, in_planes, 1, 1)
+        weight[torch.arange(in_planes) + offset, torch.arange(in_planes), 0, 0] = 1.0
+        # A buffer, not a parameter: it is part of the architecture, never masked or trained.
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, stride=2)
 
 
 class _BasicBlockA(nn.Module):

@@ -46,6 +46,20 @@ def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     return plain.cpu().eval()
 
 
+def _use_export_forms(model: nn.Module) -> None:
+    """Replace, in place, each submodule that offers ``export_form()`` by that equivalent module.
+
+    An architecture may compute something with an op an inference engine handles badly
+    (e.g. the option-A shortcut's channel padding, see ``seam.architectures``); its
+    ``export_form`` is the same function built from ops every engine runs.
+    """
+    for name, child in list(model.named_children()):
+        if hasattr(child, "export_form"):
+            setattr(model, name, child.export_form())
+        else:
+            _use_export_forms(child)
+
+
 def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, constant_folding: bool) -> None:
     with warnings.catch_warnings():
         # torch >= 2.9 warns that the TorchScript exporter is the legacy one; we want it.
@@ -101,6 +115,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: int, b
         expected = expected.numpy()
         with atomic_path(path) as tmp:
             try:
+                # Swapped after `expected` was computed, so the check below covers the swap too.
+                _use_export_forms(net)
                 _export(net, x, tmp, opset, constant_folding)
             except (torch.onnx.errors.OnnxExporterError, torch.jit.Error) as exc:
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

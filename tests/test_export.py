@@ -164,3 +164,17 @@ def test_unexportable_models_raise_export_error(tmp_path):
     with pytest.raises(ExportError, match="not one tensor"):
         export_onnx(TwoOutputs(), tmp_path / "x.onnx", input_size=SIZE, batch=BATCH)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_option_a_shortcut_exports_as_a_plain_convolution(tmp_path):
+    import collections
+
+    from seam.architectures import cifar_resnet
+
+    model = cifar_resnet(20).eval()
+    info = export_onnx(model, tmp_path / "r20.onnx", input_size=32, batch=2)
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "r20.onnx").graph.node)
+    # DeepSparse cannot run a channel Pad: the two option-A shortcuts become 1x1 convolutions.
+    assert "Pad" not in ops and ops["Conv"] == 19 + 2
+    assert info["max_abs_diff"] < 1e-4
+    assert isinstance(model.layer2[0].shortcut, torch.nn.Module) and hasattr(model.layer2[0].shortcut, "export_form")
