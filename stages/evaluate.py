@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from seam.accuracy import accuracy, original_accuracy, predict
@@ -12,11 +11,10 @@ from seam.augment import Normalize
 from seam.masking import count_kept
 from seam.errors import run_stage
 from seam.params import get, load_params
-from seam.registry import get_spec, load_model
+from seam.pretrained import load_pretrained
 from seam.targets import load_target
 
 PREPARED = Path("data/prepared")
-PRETRAINED = Path("models/pretrained")
 REENGINEERED = Path("models/reengineered")
 OUT = Path("metrics/reengineering.json")
 
@@ -24,7 +22,7 @@ OUT = Path("metrics/reengineering.json")
 def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
     data = load_target(PREPARED / f"{name}.pt")
     artifact = load_artifact(REENGINEERED / f"{name}.pt")
-    model = build_reengineered(original, artifact, model_sha256=model_sha256)
+    model = build_reengineered(original, artifact, model_sha256=model_sha256)  # artifact's metadata is used below
     normalize = Normalize(spec.mean, spec.std)
     x, y = data["test_x"], data["test_y"]
     logits_original = predict(original, x, normalize)
@@ -49,9 +47,7 @@ def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
 def main() -> None:
     params = load_params()
     names = list(get(params, "targets", dict))
-    info = json.loads((PRETRAINED / "model.json").read_text())
-    spec = get_spec(info["name"])
-    original = load_model(spec, PRETRAINED / "model.pt")
+    spec, original, info = load_pretrained()
     per_target = {name: evaluate_target(name, original, spec, info["sha256"]) for name in names}
 
     def mean(key: str) -> float:

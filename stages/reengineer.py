@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,12 +15,11 @@ from seam.atomic import write_text
 from seam.device import resolve_device
 from seam.errors import run_stage
 from seam.params import ParamsError, get, load_params
-from seam.registry import get_spec, load_model
+from seam.pretrained import load_pretrained
 from seam.search import SearchConfig, config_dict, search
 from seam.targets import load_target
 
 PREPARED = Path("data/prepared")
-PRETRAINED = Path("models/pretrained")
 OUT = Path("models/reengineered")
 PLOTS = Path("plots/reengineer")
 NUMBER = (int, float)
@@ -57,9 +55,7 @@ def main(target: str) -> None:
     if config.select_on == "val" and len(data["val_y"]) == 0:
         raise ParamsError("params.yaml: reengineer.select_on is 'val' but prepare.val_fraction is 0 "
                           "(no validation images); set val_fraction > 0 or select_on: test")
-    info = json.loads((PRETRAINED / "model.json").read_text())
-    spec = get_spec(info["name"])
-    original = load_model(spec, PRETRAINED / "model.pt")
+    spec, original, info = load_pretrained()
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on the CPU
 
     rows: list[dict] = []

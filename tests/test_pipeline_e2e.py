@@ -66,6 +66,7 @@ def pipeline(tmp_path_factory):
     params["targets"] = {"airplane": {"binary": 0}, "trio": {"classes": [0, 1, 2]}}
     params["prepare"]["val_fraction"] = 0.25
     params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1, device="cpu")
+    params["benchmark"].update(iterations=2, warmup=1, pairs=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = dict(os.environ, SEAM_MODEL_MIRROR=str(shared / "models"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -99,6 +100,25 @@ def test_repro_writes_metrics_plots_and_artifacts(pipeline):
     assert "up to date" in status
 
 
+def test_overhead_metrics_are_well_formed(pipeline):
+    repo = pipeline["repo"]
+    metrics = json.loads((repo / "metrics/overhead.json").read_text())
+    assert metrics["n_targets"] == 2 and metrics["batch"] == 16 and metrics["cores"] >= 1
+    assert metrics["flops_original"] == 40_931_968  # fvcore, ResNet20 option A, one 32x32 image
+    assert 0 < metrics["flops_reengineered"] <= metrics["flops_original"]
+    for prefix in ("ort_", "compact_ort_"):
+        assert metrics[f"{prefix}latency_ms_original"] > 0 and -10 < metrics[f"{prefix}latency_reduction"] < 1
+    assert metrics["compact_torch_latency_ms_masked"] > 0 and metrics["compact_torch_latency_ms_compact"] > 0
+    ds = metrics["engines"]["deepsparse"]
+    assert ("latency_ms_original" in metrics) != ds.startswith("unavailable")  # a figure, or the reason why not
+    export = json.loads((repo / "results/export.json").read_text())
+    for name in ("airplane", "trio"):
+        check = export["targets"][name]["compact_check"]
+        assert check["identical_predictions"] == check["test_images"] > 0
+        for kind in ("", ".compact"):
+            assert (repo / f"models/onnx/{name}{kind}.onnx").stat().st_size > 0
+
+
 def test_plots_show_renders_the_convergence_curve(pipeline):
     repo = pipeline["repo"]
     sh(pipeline["dvc"] + ["plots", "show", "-o", "rendered"], repo, pipeline["env"])
@@ -111,7 +131,8 @@ def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
     out = sh(dvc + ["exp", "run", "-S", "alpha=20"], repo, env)
     for stage in ("download", "prepare", "fetch_model"):
         assert f"Running stage '{stage}'" not in out
-    assert "Running stage 'reengineer@airplane'" in out and "Running stage 'evaluate'" in out
+    for stage in ("reengineer@airplane", "reengineer@trio", "evaluate", "export", "flops", "benchmark", "overhead"):
+        assert f"Running stage '{stage}'" in out
     diff = json.loads(sh(dvc + ["metrics", "diff", "--json"], repo, env))
     changed = diff["metrics/reengineering.json"]
     assert any(v.get("diff") for k, v in changed.items() if "retention" in k), changed

@@ -1,0 +1,26 @@
+"""The pretrained model as the `fetch_model` stage left it, and the re-engineered models built on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from seam.artifact import build_reengineered, load_artifact
+from seam.registry import ModelSpec, get_spec, load_model
+
+PRETRAINED = Path("models/pretrained")
+REENGINEERED = Path("models/reengineered")
+
+
+def load_pretrained(directory: Path = PRETRAINED) -> tuple[ModelSpec, nn.Module, dict]:
+    """(registry spec, original model in eval mode, fetch info with the checkpoint's sha256)."""
+    info = json.loads((directory / "model.json").read_text())
+    spec = get_spec(info["name"])
+    return spec, load_model(spec, directory / "model.pt"), info
+
+
+def load_reengineered(name: str, original: nn.Module, info: dict, directory: Path = REENGINEERED) -> nn.Module:
+    """The re-engineered model of target `name`, checked against the checkpoint's hash."""
+    return build_reengineered(original, load_artifact(directory / f"{name}.pt"), model_sha256=info["sha256"])

@@ -1,0 +1,51 @@
+"""DVC stage `flops`: FLOPs for one image (fvcore) and weights kept, original vs re-engineered
+(only multiplications with non-zero weights count, the paper's Table V rule) vs compact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seam.atomic import write_json
+from seam.compact import compact
+from seam.errors import run_stage
+from seam.flops import count_flops, count_weights
+from seam.params import get, load_params
+from seam.pretrained import load_pretrained, load_reengineered
+
+OUT = Path("results/flops.json")
+
+
+def main() -> None:
+    params = load_params()
+    spec, original, info = load_pretrained()
+    size = spec.input_size
+    flops_original = count_flops(original, size)
+    _, weights_original = count_weights(original)
+    per_target = {}
+    for name in get(params, "targets", dict):
+        masked = load_reengineered(name, original, info)
+        compacted, _ = compact(masked, torch.zeros(1, 3, size, size))
+        kept, total = count_weights(masked.original)  # Table I: the head is not counted
+        flops_re = count_flops(masked, size, nonzero_only=True)
+        flops_compact = count_flops(compacted, size)
+        per_target[name] = {
+            "flops_original": flops_original,
+            "flops_reengineered": flops_re,
+            "flops_reduction": 1 - flops_re / flops_original,
+            "flops_compact": flops_compact,
+            "flops_compact_reduction": 1 - flops_compact / flops_original,
+            "weights_original": weights_original,
+            "weights_kept": kept,
+            "weights_total": total,
+            "params_compact": sum(p.numel() for p in compacted.parameters()),
+        }
+        t = per_target[name]
+        print(f"{name}: FLOPs {flops_original / 1e6:.2f}M -> {flops_re / 1e6:.2f}M masked "
+              f"({t['flops_reduction']:.1%} less), {flops_compact / 1e6:.2f}M compact; weights kept {kept}/{total}")
+    write_json({"model": spec.name, "input_size": size, "targets": per_target}, OUT)
+
+
+if __name__ == "__main__":
+    run_stage(main)

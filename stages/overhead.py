@@ -1,0 +1,58 @@
+"""DVC stage `overhead`: metrics/overhead.json from the FLOPs and latency results (RQ2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seam.atomic import write_json
+from seam.errors import run_stage
+from seam.params import get, load_params
+
+FLOPS = Path("results/flops.json")
+LATENCY = Path("results/latency.json")
+OUT = Path("metrics/overhead.json")
+
+# metrics key prefix -> (engine entry in latency.json, what A and B are)
+ENGINES = {
+    "": ("deepsparse", "original", "reengineered"),
+    "ort_": ("onnxruntime", "original", "reengineered"),
+    "compact_ort_": ("compact_onnxruntime", "original", "compact"),
+    "compact_torch_": ("compact_torch", "masked", "compact"),
+}
+
+
+def target_metrics(flops: dict, latency: dict) -> dict:
+    out = dict(flops)
+    for prefix, (engine, a, b) in ENGINES.items():
+        summary = latency[engine]
+        if isinstance(summary, str):  # e.g. "unavailable: ..." — never a made-up figure
+            out[f"{prefix}latency"] = summary
+            continue
+        out.update({
+            f"{prefix}latency_ms_{a}": summary["ms_a"],
+            f"{prefix}latency_ms_{a}_std": summary["ms_a_std"],
+            f"{prefix}latency_ms_{b}": summary["ms_b"],
+            f"{prefix}latency_ms_{b}_std": summary["ms_b_std"],
+            f"{prefix}latency_reduction": summary["reduction"],
+        })
+    return out
+
+
+def main() -> None:
+    params = load_params()
+    flops, latency = json.loads(FLOPS.read_text()), json.loads(LATENCY.read_text())
+    names = list(get(params, "targets", dict))
+    per_target = {n: target_metrics(flops["targets"][n], latency["targets"][n]) for n in names}
+    numeric = [k for k, v in per_target[names[0]].items()
+               if isinstance(v, (int, float)) and all(isinstance(t.get(k), (int, float)) for t in per_target.values())]
+    means = {k: sum(t[k] for t in per_target.values()) / len(per_target) for k in numeric}
+    # A reduction of means is not the mean of reductions; the top level reports the mean per-target figure.
+    unavailable = {k: v for k, v in per_target[names[0]].items() if isinstance(v, str)}
+    write_json({**means, **unavailable, "n_targets": len(names), "batch": latency["batch"], "cores": latency["cores"],
+                "engines": latency["engines"], "targets": per_target}, OUT)
+    print(json.dumps({k: round(v, 4) for k, v in means.items() if "reduction" in k}))
+
+
+if __name__ == "__main__":
+    run_stage(main)
