@@ -440,3 +440,24 @@ def test_folded_conv_cache_follows_its_kernel():
         twin.const_kernel.mul_(2)  # a copy with its own kernel: its own maps
     assert torch.allclose(twin.const_map(10, 10), 2 * first)
     assert torch.equal(conv.const_map(10, 10), first)
+
+
+def test_channel_add_export_form_is_the_same_sum_without_scatter(tmp_path):
+    import collections
+
+    import onnx
+
+    from seam.architectures import cifar_resnet
+    from seam.candidate import ReengineeredModel
+    from seam.export import export_onnx
+
+    torch.manual_seed(0)
+    model = ReengineeredModel(cifar_resnet(20).eval(), 10, 2).eval()
+    with torch.no_grad():  # kill some residual-stream channels so compaction needs ChannelAdd
+        model.original.conv1.weight[:3] = 0
+        model.original.layer1[0].conv2.weight[:2] = 0
+    compacted, _ = compact(model, torch.zeros(1, 3, 32, 32))
+    assert any(type(m).__name__ == "ChannelAdd" for m in compacted.modules())
+    export_onnx(compacted, tmp_path / "c.onnx", input_size=32, batch=2)  # checks ONNX == torch
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "c.onnx").graph.node)
+    assert "ScatterElements" not in ops
