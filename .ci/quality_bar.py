@@ -1,4 +1,4 @@
-"""Fail CI unless the pipeline's own metrics meet the quality bar of the offline default run."""
+"""Fail CI unless the pipeline's own metrics meet the quality bars of the offline default run."""
 
 from __future__ import annotations
 
@@ -6,20 +6,44 @@ import json
 import sys
 from pathlib import Path
 
-MAX_RETENTION = 0.25  # weights kept on ResNet20 / cifar10-jpeg airplane-vs-rest
+MAX_RETENTION = 0.25        # RQ1: weights kept on ResNet20 / cifar10-jpeg airplane-vs-rest
+MIN_FLOPS_REDUCTION = 0.60  # RQ2: fvcore FLOPs, non-zero weights only
+MIN_DEEPSPARSE_REDUCTION = 0.40  # RQ2: median of interleaved pairs
 
-path = Path(sys.argv[1] if len(sys.argv) > 1 else "metrics/reengineering.json")
-if not path.exists():
-    sys.exit(f"quality bar: {path} is missing; the pipeline did not write its metrics")
-metrics = json.loads(path.read_text())
+
+def load(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        sys.exit(f"quality bar: {p} is missing; the pipeline did not write it")
+    return json.loads(p.read_text())
+
+
 failures = []
-for name, t in metrics["targets"].items():
+rq1 = load("metrics/reengineering.json")
+for name, t in rq1["targets"].items():
     print(f"{name}: acc original {t['acc_original']:.4f}, re-engineered {t['acc_reengineered']:.4f}, "
           f"weights kept {t['weight_retention']:.2%}")
     if t["weight_retention"] > MAX_RETENTION:
         failures.append(f"{name}: {t['weight_retention']:.2%} of the weights kept > {MAX_RETENTION:.0%}")
     if t["acc_reengineered"] < t["acc_original"]:
         failures.append(f"{name}: re-engineered accuracy {t['acc_reengineered']:.4f} < original {t['acc_original']:.4f}")
+
+rq2 = load("metrics/overhead.json")
+export = load("results/export.json")
+for name, t in rq2["targets"].items():
+    ds = t.get("latency_reduction", t.get("latency"))
+    print(f"{name}: FLOPs -{t['flops_reduction']:.1%}, DeepSparse latency "
+          f"{ds if isinstance(ds, str) else f'-{ds:.1%}'}, onnxruntime -{t['ort_latency_reduction']:.1%}")
+    if t["flops_reduction"] < MIN_FLOPS_REDUCTION:
+        failures.append(f"{name}: FLOPs reduction {t['flops_reduction']:.1%} < {MIN_FLOPS_REDUCTION:.0%}")
+    if isinstance(ds, str):
+        failures.append(f"{name}: no DeepSparse figure on this x86-64 CI machine ({ds})")
+    elif ds < MIN_DEEPSPARSE_REDUCTION:
+        failures.append(f"{name}: DeepSparse latency reduction {ds:.1%} < {MIN_DEEPSPARSE_REDUCTION:.0%}")
+    check = export["targets"][name]["compact_check"]
+    if check["identical_predictions"] != check["test_images"]:
+        failures.append(f"{name}: compact model differs from the masked one on "
+                        f"{check['test_images'] - check['identical_predictions']} test images")
 if failures:
     sys.exit("quality bar not met:\n  " + "\n  ".join(failures))
 print("quality bar met")
