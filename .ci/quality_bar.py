@@ -32,8 +32,8 @@ rq2 = load("metrics/overhead.json")
 export = load("results/export.json")
 for name, t in rq2["targets"].items():
     ds = t.get("latency_reduction", t.get("latency"))
-    print(f"{name}: FLOPs -{t['flops_reduction']:.1%}, DeepSparse latency "
-          f"{ds if isinstance(ds, str) else f'-{ds:.1%}'}, onnxruntime -{t['ort_latency_reduction']:.1%}")
+    print(f"{name}: FLOPs {-t['flops_reduction']:+.1%}, DeepSparse latency "
+          f"{ds if isinstance(ds, str) else f'{-ds:+.1%}'}, onnxruntime latency {-t['ort_latency_reduction']:+.1%}")
     if t["flops_reduction"] < MIN_FLOPS_REDUCTION:
         failures.append(f"{name}: FLOPs reduction {t['flops_reduction']:.1%} < {MIN_FLOPS_REDUCTION:.0%}")
     if isinstance(ds, str):
