@@ -55,12 +55,14 @@ def maskable_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return found
 
 
-def attach_masks(model: nn.Module, init: float = 1.0) -> dict[str, ScoreMask]:
+def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, ScoreMask]:
     """Register a ScoreMask on every conv/linear weight and bias; freeze all original parameters.
 
-    Returns the masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``).
+    Tensors of the modules named in ``skip`` (and below them) stay unmasked. Returns the
+    masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``).
     """
-    targets = maskable_tensors(model)
+    targets = [t for t in maskable_tensors(model)
+               if not any(t[0] == f"{s}.{t[2]}" or t[0].startswith(f"{s}.") for s in skip)]
     if not targets:
         raise ValueError(f"{type(model).__name__} has no Conv/Linear layer to mask")
     for p in model.parameters():

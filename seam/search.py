@@ -35,6 +35,7 @@ class SearchConfig:
     head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone
     padding: int = 4           # random-crop padding of the training augmentation
     select_on: str = "val"     # split used for model selection: "val" (ours) or "test" (the release)
+    stop_at_removed: float | None = None  # RQ3 flow: stop, keeping that epoch, once this share is removed
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class SearchConfig:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        if self.stop_at_removed is not None and not 0 < self.stop_at_removed < 1:
+            raise ValueError(f"stop_at_removed (threshold t) must be in (0, 1), got {self.stop_at_removed!r}")
 
 
 @dataclass
@@ -67,6 +70,7 @@ def search(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    output_layer: str | None = None,
 ) -> SearchResult:
     """Search a mask over ``original``'s conv/linear tensors for the target problem in ``data``.
 
@@ -74,6 +78,11 @@ def search(
     for train/val/test, ``kind`` and ``source_classes``. ``original`` is not modified: the
     search works on a deep copy whose original weights are frozen. ``on_epoch`` receives
     each epoch's log row as soon as it exists.
+
+    By default (RQ1) the candidate is ``original`` followed by a new ReLU + Linear(N, K)
+    head. With ``output_layer`` (the dotted name of a K-class layer ``original`` already
+    has, as in the defect-inheritance flow) that layer plays the head: it is trained, not
+    masked, and the model's own outputs are the K logits.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -92,15 +101,27 @@ def search(
     acc_original = {}
     for split, (x, y) in splits.items():
         logits = predict(base, x, normalize, device=device)
-        acc_original[split] = original_accuracy(logits, y, kind=data["kind"], source_classes=data["source_classes"])
+        if output_layer is None:
+            acc_original[split] = original_accuracy(logits, y, kind=data["kind"], source_classes=data["source_classes"])
+        else:
+            acc_original[split] = accuracy(logits, y)
     num_outputs = logits.shape[1]
 
-    model = ReengineeredModel(base, num_outputs, num_classes).to(device)
-    masks = attach_masks(model.original)
+    if output_layer is None:
+        model = ReengineeredModel(base, num_outputs, num_classes).to(device)
+        masks = attach_masks(model.original)
+        head = model.head
+    else:
+        if num_outputs != num_classes:
+            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
+        model = base
+        head = model.get_submodule(output_layer)
+        masks = attach_masks(model, skip=(output_layer,))
+        head.requires_grad_(True)
     # NHWC convolutions are ~12% faster on the CPU here (oneDNN) and are cuDNN's fast path.
     model.to(memory_format=torch.channels_last)
     mask_params = [m.scores for m in masks.values()]
-    head_params = list(model.head.parameters())
+    head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
     optim_joint = torch.optim.Adam(
         [{"params": mask_params, "lr": config.lr_mask}, {"params": head_params, "lr": config.lr_head}]
@@ -127,21 +148,23 @@ def search(
             kept = retention(masks).item()
         row = {"epoch": epoch, "phase": "head" if head_only else "head+mask", **stats, "retention": kept,
                **{f"{s}_acc": a for s, a in accs.items()}}
-        if selector.update(epoch, accs[config.select_on], kept):
-            best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in model.head.state_dict().items()}))
-        row["selected"] = selector.selected_epoch == epoch
+        removed_enough = config.stop_at_removed is not None and 1 - kept >= config.stop_at_removed
+        if selector.update(epoch, accs[config.select_on], kept) or removed_enough:
+            best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}))
+        selected_epoch = epoch if removed_enough else selector.selected_epoch
+        row["selected"] = selected_epoch == epoch
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if selector.should_stop:
+        if selector.should_stop or removed_enough:
             break
 
     assert best is not None  # the first epoch is always selected by the fallback rule
     return SearchResult(
         masks=best[0],
         head=best[1],
-        selected_epoch=selector.selected_epoch,
+        selected_epoch=selected_epoch,
         reached_target=selector.reached_target,
         acc_original=acc_original,
         history=history,
@@ -149,7 +172,9 @@ def search(
 
 
 def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, batch_bar) -> dict:
-    model.train()
+    # Eval mode even while training: the search learns scores and the head, never the
+    # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").
+    model.eval()
     # Head-only epochs need no gradient through the original model: freezing the scores
     # there makes autograd stop at the head, which makes those epochs ~3x cheaper.
     for m in masks.values():

@@ -11,9 +11,9 @@ from seam.search import SearchConfig, search
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def run(model, data, **overrides):
+def run(model, data, output_layer=None, **overrides):
     config = SearchConfig(**{"max_epochs": 6, "batch_size": 16, "early_stop": 0, "lr_mask": 0.05, **overrides})
-    return search(model, data, mean=MEAN, std=STD, config=config, progress=False)
+    return search(model, data, mean=MEAN, std=STD, config=config, progress=False, output_layer=output_layer)
 
 
 def test_search_leaves_the_given_model_untouched_and_returns_a_head():
@@ -87,3 +87,25 @@ def test_bad_config_is_rejected():
         SearchConfig(select_on="train")
     with pytest.raises(ValueError, match="lr_mask"):
         SearchConfig(lr_mask=0)
+
+
+def test_output_layer_mode_trains_the_models_own_classifier_unmasked():
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=2).eval()
+    result = run(model, tiny_target(), max_epochs=3, output_layer="fc")
+    assert set(result.masks) == {"conv.weight", "conv2.weight", "conv2.bias"}  # the classifier is not masked
+    assert set(result.head) == {"weight", "bias"} and result.head["weight"].shape == (2, 8)
+    assert not torch.equal(result.head["weight"], model.fc.weight)  # it was trained
+    with pytest.raises(ValueError, match="outputs"):
+        run(TinyNet(num_classes=4).eval(), tiny_target(), output_layer="fc")
+
+
+def test_stop_at_removed_keeps_the_first_epoch_past_the_threshold():
+    torch.manual_seed(0)
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=20, alpha=5.0, lr_mask=0.2, stop_at_removed=0.3)
+    last = result.history[-1]
+    assert 1 - last["retention"] >= 0.3 and len(result.history) < 20
+    assert all(1 - r["retention"] < 0.3 for r in result.history[:-1])
+    assert result.selected_epoch == last["epoch"]
+    with pytest.raises(ValueError, match="threshold t"):
+        SearchConfig(stop_at_removed=1.0)
