@@ -44,6 +44,18 @@ for name, t in rq2["targets"].items():
     if check["identical_predictions"] != check["test_images"]:
         failures.append(f"{name}: compact model differs from the masked one on "
                         f"{check['test_images'] - check['identical_predictions']} test images")
+MAX_ACC_DROP = 0.03  # RQ3: SeaM's ACC within 3 points of standard fine-tuning
+MIN_DIR_STANDARD = 0.10  # RQ3: the attack must be real
+rq3 = load("metrics/defect_inheritance.json")
+print(f"defects: standard ACC {rq3['acc_standard']:.4f} DIR {rq3['dir_standard']:.4f}; "
+      f"SeaM ACC {rq3['acc_seam']:.4f} DIR {rq3['dir_seam']:.4f} (removed {rq3['removed_rate_seam']:.1%})")
+if rq3["dir_standard"] < MIN_DIR_STANDARD:
+    failures.append(f"standard fine-tuning DIR {rq3['dir_standard']:.4f} < {MIN_DIR_STANDARD}: the attack is too weak")
+if rq3["dir_seam"] >= rq3["dir_standard"]:
+    failures.append(f"SeaM DIR {rq3['dir_seam']:.4f} is not lower than standard {rq3['dir_standard']:.4f}")
+if rq3["acc_seam"] < rq3["acc_standard"] - MAX_ACC_DROP:
+    failures.append(f"SeaM ACC {rq3['acc_seam']:.4f} more than {MAX_ACC_DROP:.0%} below standard {rq3['acc_standard']:.4f}")
+
 if failures:
     sys.exit("quality bar not met:\n  " + "\n  ".join(failures))
 print("quality bar met")

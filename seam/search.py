@@ -148,16 +148,19 @@ def search(
             kept = retention(masks).item()
         row = {"epoch": epoch, "phase": "head" if head_only else "head+mask", **stats, "retention": kept,
                **{f"{s}_acc": a for s, a in accs.items()}}
-        removed_enough = config.stop_at_removed is not None and 1 - kept >= config.stop_at_removed
-        if selector.update(epoch, accs[config.select_on], kept) or removed_enough:
+        # With a removal threshold (the defect-inheritance flow) the search runs until that
+        # share of weights is gone and keeps where it stopped; accuracy does not select.
+        by_threshold = config.stop_at_removed is not None
+        removed_enough = by_threshold and 1 - kept >= config.stop_at_removed
+        if selector.update(epoch, accs[config.select_on], kept) or by_threshold:
             best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}))
-        selected_epoch = epoch if removed_enough else selector.selected_epoch
+        selected_epoch = epoch if by_threshold else selector.selected_epoch
         row["selected"] = selected_epoch == epoch
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
         epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if selector.should_stop or removed_enough:
+        if (selector.should_stop and not by_threshold) or removed_enough:
             break
 
     assert best is not None  # the first epoch is always selected by the fallback rule

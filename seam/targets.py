@@ -211,3 +211,26 @@ def load_target(path: str | os.PathLike) -> dict:
     if missing:
         raise TargetError(f"{path}: not a target file, missing keys {missing}")
     return data
+
+
+def subsample(data: dict, per_class: dict[str, int], *, seed: int) -> dict:
+    """A copy of a built target with at most ``per_class[split]`` images of each label per split.
+
+    Drawn without replacement with a generator seeded by ``seed`` (keeping the original
+    order), so a smaller, CPU-sized version of a problem is the same every run.
+    """
+    out = dict(data)
+    gen = torch.Generator().manual_seed(seed)
+    for split, n in per_class.items():
+        if n is None:
+            continue
+        if not isinstance(n, int) or n < 1:
+            raise TargetError(f"{data.get('name', 'target')}: images per class for {split} must be a positive integer, got {n!r}")
+        x, y = data[f"{split}_x"], data[f"{split}_y"]
+        keep = []
+        for label in torch.unique(y):
+            idx = torch.nonzero(y == label).flatten()
+            keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
+        order = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
+        out[f"{split}_x"], out[f"{split}_y"] = x[order], y[order]
+    return out

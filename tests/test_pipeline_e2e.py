@@ -67,6 +67,10 @@ def pipeline(tmp_path_factory):
     params["prepare"]["val_fraction"] = 0.25
     params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1, device="cpu")
     params["benchmark"].update(iterations=2, warmup=1, pairs=2)
+    params["defects"].update(target={"classes": [1, 2]}, train_per_class=16, test_per_class=8)
+    params["defects"]["finetune"].update(max_epochs=2, batch_size=8)
+    params["defects"]["seam"].update(head_epochs=1, max_epochs=3, lr_mask=0.2, threshold=0.05)
+    params["defects"]["attack"].update(nb_iter=2, batch_size=8)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = dict(os.environ, SEAM_MODEL_MIRROR=str(shared / "models"), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -119,6 +123,15 @@ def test_overhead_metrics_are_well_formed(pipeline):
             assert (repo / f"models/onnx/{name}{kind}.onnx").stat().st_size > 0
 
 
+def test_defect_inheritance_metrics_are_well_formed(pipeline):
+    metrics = json.loads((pipeline["repo"] / "metrics/defect_inheritance.json").read_text())
+    for key in ("acc_standard", "dir_standard", "acc_seam", "dir_seam", "removed_rate_seam"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["dir_reduction"] == metrics["dir_standard"] - metrics["dir_seam"]
+    assert metrics["settings"]["classes"] == ["automobile", "bird"] and metrics["settings"]["test_images"] == 16
+    assert metrics["removed_rate_seam"] >= 0.05  # the search ran to the threshold
+
+
 def test_plots_show_renders_the_convergence_curve(pipeline):
     repo = pipeline["repo"]
     sh(pipeline["dvc"] + ["plots", "show", "-o", "rendered"], repo, pipeline["env"])
@@ -129,7 +142,8 @@ def test_plots_show_renders_the_convergence_curve(pipeline):
 def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
     repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
     out = sh(dvc + ["exp", "run", "-S", "alpha=20"], repo, env)
-    for stage in ("download", "prepare", "fetch_model"):
+    for stage in ("download", "prepare", "fetch_model", "prepare_defects", "finetune_standard", "finetune_seam",
+                  "adversarial", "defects"):
         assert f"Running stage '{stage}'" not in out
     for stage in ("reengineer@airplane", "reengineer@trio", "evaluate", "export", "flops", "benchmark", "overhead"):
         assert f"Running stage '{stage}'" in out

@@ -109,3 +109,6 @@ def test_stop_at_removed_keeps_the_first_epoch_past_the_threshold():
     assert result.selected_epoch == last["epoch"]
     with pytest.raises(ValueError, match="threshold t"):
         SearchConfig(stop_at_removed=1.0)
+    # Not reached within max_epochs: the last epoch is kept, whatever its accuracy.
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=3, stop_at_removed=0.99, early_stop=1)
+    assert len(result.history) == 3 and result.selected_epoch == 2

@@ -48,3 +48,16 @@ def test_unknown_model(tmp_path):
     proc = run_stage(tmp_path, "fetch_model.py", params=dict(PARAMS, model={"name": "resnet9000"}))
     assert proc.returncode == 1 and "resnet9000" in proc.stderr and "resnet20" in proc.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_image_size_that_does_not_fit_the_model_is_refused():
+    import pytest
+    import torch
+
+    from seam.pretrained import check_images
+    from seam.registry import ModelError, get_spec
+
+    data = {"train_x": torch.zeros(2, 3, 64, 64, dtype=torch.uint8)}
+    with pytest.raises(ModelError, match="expects 3x32x32 images.*has 3x64x64"):
+        check_images(get_spec("resnet20"), data, "data/defects/target.pt")
+    check_images(get_spec("resnet20"), {"train_x": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}, "ok")

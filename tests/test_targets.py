@@ -286,3 +286,18 @@ def test_load_not_a_target(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match=r"bad\.pt: not a target dict, missing keys"):
         save_target({"name": "x"}, tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_subsample_caps_each_label_deterministically():
+    from seam.targets import subsample
+
+    y = torch.tensor([0] * 10 + [1] * 4)
+    data = {"name": "t", "train_x": torch.arange(14).view(14, 1, 1, 1).to(torch.uint8), "train_y": y}
+    a = subsample(data, {"train": 3}, seed=1)
+    b = subsample(data, {"train": 3}, seed=1)
+    assert torch.equal(a["train_y"], b["train_y"]) and torch.equal(a["train_x"], b["train_x"])
+    assert (a["train_y"] == 0).sum() == 3 and (a["train_y"] == 1).sum() == 3
+    assert torch.equal(a["train_y"], a["train_y"].sort().values)  # original order kept
+    assert data["train_y"].numel() == 14  # input untouched
+    with pytest.raises(TargetError, match="positive integer"):
+        subsample(data, {"train": 0}, seed=1)

@@ -1,0 +1,83 @@
+"""Fine-tuned reuse of a pretrained model (the defect-inheritance experiment, RQ3):
+standard fine-tuning and SeaM's three-step flow, and the files they leave."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from seam.atomic import save_torch
+from seam.finetune import FinetuneConfig, FinetuneError, finetune, replace_classifier
+from seam.masking import apply_masks, maskable_tensors
+from seam.search import SearchConfig, search
+
+FORMAT = "seam-finetuned"
+
+
+def standard(pretrained: nn.Module, classifier: str, data: dict, *, mean, std, config: FinetuneConfig,
+             dropout: float, device, on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
+    """New K-class output layer, then fine-tune every weight."""
+    model = replace_classifier(pretrained, classifier, len(data["class_names"]), dropout=dropout, seed=config.seed)
+    result = finetune(model, classifier, data, mean=mean, std=std, config=config, device=device, on_epoch=on_epoch)
+    model.load_state_dict(result.state_dict)
+    return model.eval(), {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+
+
+def seam_flow(pretrained: nn.Module, classifier: str, data: dict, *, mean, std, head_config: FinetuneConfig,
+              search_config: SearchConfig, config: FinetuneConfig, dropout: float, device,
+              on_epoch: Callable[[str, dict], None] | None = None) -> tuple[nn.Module, dict]:
+    """SeaM's flow (release): (1) train a new output layer alone, (2) re-engineer that model
+    until `search_config.stop_at_removed` of its weights are removed, (3) start from the
+    pretrained weights times the mask, with a fresh output layer, and fine-tune everything."""
+    num_classes = len(data["class_names"])
+    step = (lambda name: (lambda row: on_epoch(name, row))) if on_epoch else (lambda name: None)
+
+    model = replace_classifier(pretrained, classifier, num_classes, dropout=dropout, seed=head_config.seed)
+    head = finetune(model, classifier, data, mean=mean, std=std, config=head_config, device=device,
+                    on_epoch=step("output_layer"))
+    model.load_state_dict(head.state_dict)
+
+    found = search(model, data, mean=mean, std=std, config=search_config, device=device,
+                   on_epoch=step("reengineer"), output_layer=classifier)
+    kept = sum(int(m.sum()) for m in found.masks.values())
+    total = sum(m.numel() for m in found.masks.values())
+
+    # Release: step 3 rebuilds the model from the pretrained weights, so the output layer
+    # starts fresh; only the searched tensors carry the mask.
+    start = replace_classifier(pretrained, classifier, num_classes, dropout=dropout, seed=config.seed)
+    full = {name: found.masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
+            for name, module, p in maskable_tensors(start)}
+    apply_masks(start, full)
+    result = finetune(start, classifier, data, mean=mean, std=std, config=config, device=device,
+                      on_epoch=step("finetune"))
+    start.load_state_dict(result.state_dict)
+    return start.eval(), {
+        "removed_rate": 1 - kept / total,
+        "weights_kept": kept,
+        "weights_masked_total": total,
+        "reengineer_epochs": len(found.history),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+    }
+
+
+def save_finetuned(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+    """State dict + what is needed to rebuild the architecture (model name, classifier, K, dropout)."""
+    save_torch({"format": FORMAT, "meta": meta, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+               path)
+
+
+def load_finetuned(path: str | os.PathLike, pretrained: nn.Module) -> tuple[nn.Module, dict]:
+    """Rebuild a fine-tuned model saved by :func:`save_finetuned` on top of `pretrained`'s architecture."""
+    if not os.path.exists(path):
+        raise FinetuneError(f"{path}: no such fine-tuned model (run its fine-tuning stage first)")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise FinetuneError(f"{path}: not a {FORMAT} file")
+    meta = raw["meta"]
+    model = replace_classifier(pretrained, meta["classifier"], meta["num_classes"], dropout=meta["dropout"])
+    model.load_state_dict(raw["state_dict"])
+    return model.eval(), meta
