@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -43,3 +45,13 @@ def write_text(text: str, path: str | os.PathLike) -> None:
     """Write text through a temporary file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, digits: int = 6) -> None:
+    """Write dict rows as CSV (columns: every key, in first-seen order; floats rounded) through a temporary file."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows({k: round(v, digits) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    write_text(buf.getvalue(), path)

@@ -3,12 +3,10 @@ defect-inheritance target by standard fine-tuning, or by SeaM's three-step flow.
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 
-from seam.atomic import write_text
+from seam.atomic import write_csv
 from seam.device import resolve_device
 from seam.errors import run_stage
 from seam.finetune import FinetuneConfig
@@ -22,15 +20,6 @@ DATA = Path("data/defects/target.pt")
 NUMBER = (int, float)
 FINETUNE_KEYS = {"lr_hidden": NUMBER, "lr_output": NUMBER, "momentum": NUMBER, "weight_decay": NUMBER,
                  "batch_size": int, "max_epochs": int, "early_stop": int}
-
-
-def write_log(rows: list[dict], path: Path) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    write_text(buf.getvalue(), path)
 
 
 def main(flow: str) -> None:
@@ -67,7 +56,7 @@ def main(flow: str) -> None:
 
     def on_epoch(step: str, row: dict) -> None:
         rows.append({"step": step, **row})
-        write_log(rows, log)
+        write_csv(rows, log)
 
     common = dict(mean=spec.mean, std=spec.std, config=config, dropout=dropout, device=device)
     print(f"fine-tuning ({flow}) {spec.name} on {data['class_names']} ({len(data['train_y'])} images) on {device}",

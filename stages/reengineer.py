@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import torch
 
 from seam.artifact import save_artifact
-from seam.atomic import write_text
+from seam.atomic import write_csv
 from seam.device import resolve_device
 from seam.errors import run_stage
 from seam.params import ParamsError, get, load_params
@@ -25,15 +23,6 @@ PLOTS = Path("plots/reengineer")
 NUMBER = (int, float)
 SEARCH_KEYS = {"lr_mask": NUMBER, "lr_head": NUMBER, "batch_size": int, "max_epochs": int, "early_stop": int,
                "select_on": str}
-
-
-def _write_log(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    write_text(buf.getvalue(), path)
 
 
 def main(target: str) -> None:
@@ -63,7 +52,7 @@ def main(target: str) -> None:
 
     def on_epoch(row: dict) -> None:
         rows.append(row)
-        _write_log(rows, log_path)  # rewritten each epoch, so a long run can be watched
+        write_csv(rows, log_path)  # rewritten each epoch, so a long run can be watched
 
     print(f"re-engineering {spec.name} for {target} ({data['class_names']}) on {device}", file=sys.stderr)
     start = time.perf_counter()
