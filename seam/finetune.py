@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -237,7 +237,3 @@ def _train_epoch(model, optim, train_x, train_y, normalize, gen, config, batch_b
         totals += torch.stack([loss.detach() * len(idx), (logits.detach().argmax(1) == y).sum()]).double()
     loss, correct = (totals / n).tolist()
     return {"loss": loss, "train_acc": correct}
-
-
-def config_dict(config: FinetuneConfig) -> dict:
-    return asdict(config)

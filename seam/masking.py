@@ -62,7 +62,7 @@ def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()
     masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``).
     """
     targets = [t for t in maskable_tensors(model)
-               if not any(t[0] == f"{s}.{t[2]}" or t[0].startswith(f"{s}.") for s in skip)]
+               if not any(t[0].startswith(f"{s}.") for s in skip)]
     if not targets:
         raise ValueError(f"{type(model).__name__} has no Conv/Linear layer to mask")
     for p in model.parameters():

@@ -19,9 +19,10 @@ def main() -> None:
     raw = load_dataset(get(params, "dataset", dict), RAW)
     (problem,) = parse_targets({"defects": get(params, "defects.target", dict)}, raw)
     seed = get(params, "seed", int)
-    data = build_target(raw, problem, seed=seed, val_fraction=get(params, "prepare.val_fraction", (int, float)))
+    val_fraction = get(params, "prepare.val_fraction", (int, float))
+    data = build_target(raw, problem, seed=seed, val_fraction=val_fraction)
     train_cap = get(params, "defects.train_per_class", (int, type(None)))
-    val_cap = None if train_cap is None else max(1, round(train_cap * get(params, "prepare.val_fraction", (int, float))))
+    val_cap = None if train_cap is None else max(1, round(train_cap * val_fraction))
     data = subsample(data, {"train": train_cap, "val": val_cap,
                             "test": get(params, "defects.test_per_class", (int, type(None)))}, seed=seed)
     save_target(data, OUT)
