@@ -4,19 +4,15 @@ FLOPs follow fvcore's convention (one multiply-add = one flop; BatchNorm in eval
 counts 2 per element with an affine transform, 1 without; adaptive average pooling 1 per
 input element; ops fvcore has no rule for count 0). With ``nonzero_only=True`` a
 convolution or linear layer counts only the multiplications with non-zero weights, the
-paper's rule for a re-engineered model:
+paper's rule for a re-engineered model.
 
-* convolution: non-zero weight entries x output positions (input positions for a
-  transposed convolution) x batch;
-* linear / addmm / matmul / mm with a weight operand: non-zero weight entries x the rows
-  it is applied to (a product of two activations is counted as fvcore does).
-
-Everything else is counted as fvcore does. fvcore's op handles see JIT values, not
-tensors: a weight is found as the trace's graph input it comes from. fvcore traces with
-``torch.jit._get_trace_graph``, whose graph inputs are the model's inputs followed by its
-de-duplicated state (``state_dict(keep_vars=True)``, first occurrence of each tensor). The
-mapping is checked against every graph input's recorded shape, so a change in that order
-raises instead of counting the wrong tensor.
+fvcore counts a convolution as batch x weight entries x output positions (input positions
+if transposed) and a linear layer as rows x weight entries; the bias is not counted. So a
+Conv/Linear module's non-zero count is its dense count times its weight's density
+(non-zero entries / entries), exactly. That is the rule applied, per module, to fvcore's
+``by_module_and_operator()``; a module called twice is counted for both calls. Only the
+layers SeaM masks (``seam.masking.MASKABLE`` modules) are scaled: a weight that is not a
+Conv/Linear module's own (``F.conv2d``/``F.linear``/``matmul`` on a bare tensor) counts dense.
 """
 
 from __future__ import annotations
@@ -26,30 +22,22 @@ import copy
 import logging
 import warnings
 from collections import Counter
-from math import prod
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from seam.masking import maskable_tensors
+from seam.masking import MASKABLE, maskable_tensors
 
 with warnings.catch_warnings():
     # fvcore.nn scripts its focal losses at import time; torch >= 2.10 deprecates torch.jit.script.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script. is deprecated.*")
     from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import addmm_flop_jit, get_shape, matmul_flop_jit
 
 __all__ = ["count_flops", "count_weights", "flop_breakdown", "plain_copy"]
 
 log = logging.getLogger(__name__)
-
-# Ops a weight may pass through on its way to a matmul without changing its zero count.
-_PASS_THROUGH = {
-    "aten::t", "aten::transpose", "aten::permute", "aten::numpy_T", "aten::contiguous",
-    "aten::detach", "aten::clone", "aten::view", "aten::reshape", "aten::flatten",
-}
 
 
 @torch.no_grad()
@@ -111,110 +99,6 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-class _WeightResolver:
-    """Maps a JIT value of fvcore's trace to the tensor it holds (graph input or constant)."""
-
-    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]):
-        # torch.jit._trace.ONNXTracedModule: in_vars + list(_unique_state_dict(...).values())
-        state, seen = [], set()
-        for tensor in model.state_dict(keep_vars=True).values():
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                state.append(tensor)
-        self.tensors = list(inputs) + state
-        self.n_inputs = len(inputs)
-        self._checked = False
-        self._nnz: dict[int, tuple[torch.Tensor, int]] = {}  # the tensor is kept so that no id is reused
-
-    def _check_graph_inputs(self, value: torch._C.Value) -> None:
-        block_inputs = list(value.node().owningBlock().inputs())
-        problem = None
-        if len(block_inputs) != len(self.tensors):
-            problem = f"the trace has {len(block_inputs)} inputs, the model has {len(self.tensors)} tensors"
-        else:
-            for i, (v, t) in enumerate(zip(block_inputs, self.tensors)):
-                sizes = v.type().sizes() if isinstance(v.type(), torch._C.TensorType) else None
-                if sizes is not None and list(sizes) != list(t.shape):
-                    problem = f"graph input {i} has shape {list(sizes)}, tensor {i} {list(t.shape)}"
-                    break
-        if problem:
-            raise RuntimeError(f"cannot map fvcore's trace inputs to the model's tensors ({problem}); "
-                               "has torch changed the tracer's input order?")
-        self._checked = True
-
-    def resolve(self, value: torch._C.Value) -> torch.Tensor | None:
-        """The tensor behind ``value`` (through transposes/views), or None if it is computed."""
-        node = value.node()
-        while node.kind() in _PASS_THROUGH:
-            value = next(iter(node.inputs()))
-            node = value.node()
-        if node.kind() == "prim::Param":
-            if not self._checked:
-                self._check_graph_inputs(value)
-            if value.offset() < self.n_inputs:
-                return None  # the input image, not a weight
-            return self.tensors[value.offset()]
-        if node.kind() == "prim::Constant":
-            ivalue = value.toIValue()
-            return ivalue if isinstance(ivalue, torch.Tensor) else None
-        return None
-
-    def nnz(self, tensor: torch.Tensor) -> int:
-        key = id(tensor)
-        if key not in self._nnz:
-            self._nnz[key] = (tensor, int(torch.count_nonzero(tensor.detach())))
-        return self._nnz[key][1]
-
-
-def _scope(outputs: list) -> str:
-    return outputs[0].node().scopeName() or "<root>"
-
-
-def _nonzero_handles(resolver: _WeightResolver) -> dict[str, Callable[[list, list], Any]]:
-    def weight_of(value, op: str, outputs) -> torch.Tensor:
-        tensor = resolver.resolve(value)
-        if tensor is None:
-            raise ValueError(
-                f"{op} in {_scope(outputs)}: its weight is computed in the forward pass "
-                f"({value.node().kind()}), not a parameter; bake masks into the weights first")
-        return tensor
-
-    def conv(inputs, outputs):
-        x_shape, out_shape = get_shape(inputs[0]), get_shape(outputs[0])
-        transposed = inputs[6].toIValue()
-        w = weight_of(inputs[1], "convolution", outputs)
-        positions = prod((x_shape if transposed else out_shape)[2:])
-        return Counter({"conv": x_shape[0] * resolver.nnz(w) * positions})
-
-    def linear(inputs, outputs):
-        x_shape = get_shape(inputs[0])
-        w = weight_of(inputs[1], "linear", outputs)
-        return prod(x_shape[:-1]) * resolver.nnz(w)
-
-    def matmul_like(dense: Callable, first: int) -> Callable:
-        # a @ b where one side may be a weight. Right weight W [m, p]: every row of a meets
-        # each non-zero of W once. Left weight W [n, m]: every column of b meets it once.
-        def handle(inputs, outputs):
-            a, b = inputs[first], inputs[first + 1]
-            # The operand's traced shape, not the tensor's: a weight may be used through a view.
-            wb, wa = resolver.resolve(b), resolver.resolve(a)
-            if wb is not None and len(get_shape(b)) == 2:
-                return prod(get_shape(a)[:-1]) * resolver.nnz(wb)
-            if wa is not None and len(get_shape(a)) == 2:
-                b_shape = get_shape(b)
-                return resolver.nnz(wa) * (prod(b_shape) // b_shape[-2] if len(b_shape) > 1 else 1)
-            return dense(inputs, outputs)
-        return handle
-
-    return {
-        "aten::_convolution": conv,
-        "aten::linear": linear,
-        "aten::addmm": matmul_like(addmm_flop_jit, 1),  # addmm(bias, a, b, beta, alpha)
-        "aten::matmul": matmul_like(matmul_flop_jit, 0),
-        "aten::mm": matmul_like(matmul_flop_jit, 0),
-    }
-
-
 def _analyse(model: nn.Module, input_size: int, nonzero_only: bool) -> dict[str, Any]:
     if input_size < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -227,16 +111,19 @@ def _analyse(model: nn.Module, input_size: int, nonzero_only: bool) -> dict[str,
     with _eval_mode(model), torch.no_grad():
         analysis = FlopCountAnalysis(model, (x,))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        by_operator = Counter(analysis.by_operator())
         if nonzero_only:
-            resolver = _WeightResolver(model, (x,))
-            for op, handle in _nonzero_handles(resolver).items():
-                analysis.set_op_handle(op, handle)
-        total = int(analysis.total())
-        by_operator = {k: int(v) for k, v in analysis.by_operator().items()}
+            by_module = analysis.by_module_and_operator()
+            for name, module in model.named_modules():  # each module once, also if shared
+                if isinstance(module, MASKABLE):
+                    nnz, numel = int(torch.count_nonzero(module.weight)), module.weight.numel()
+                    for op, dense in by_module[analysis.canonical_module_name(name)].items():
+                        by_operator[op] -= dense - dense * nnz // numel  # dense is k * numel
+        by_operator = {k: int(v) for k, v in by_operator.items()}
         skipped = dict(analysis.unsupported_ops())
     if skipped:
         log.debug("fvcore counts 0 flops for %s", skipped)
-    return {"total": total, "by_operator": by_operator, "skipped": skipped}
+    return {"total": sum(by_operator.values()), "by_operator": by_operator, "skipped": skipped}
 
 
 def count_flops(model: nn.Module, input_size: int, *, nonzero_only: bool = False) -> int:

@@ -94,58 +94,30 @@ def test_parametrized_masks_and_modes():
 
 
 class MatmulNet(nn.Module):
-    """Weights used through addmm and matmul, on either side."""
+    """Weights used through addmm, matmul and conv2d outside any Conv/Linear module."""
 
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(torch.ones(5, 12))
         self.b = nn.Parameter(torch.zeros(5))
         self.w2 = nn.Parameter(torch.ones(5, 7))
+        self.k = nn.Parameter(torch.ones(2, 3, 1, 1))
 
     def forward(self, x):
         y = torch.addmm(self.b, x.mean((2, 3)).repeat(1, 4), self.w.t())  # [1, 12] @ [12, 5]
-        return y @ self.w2, self.w2.t() @ y.t()  # [1, 5] @ [5, 7] and [7, 5] @ [5, 1]
+        return y @ self.w2, self.w2.t() @ y.t(), F.conv2d(x, self.k * 2)  # [1, 5] @ [5, 7], [7, 5] @ [5, 1]
 
 
-def test_matmul_ops():
+def test_weights_outside_conv_linear_modules_count_dense():
+    # Only the tensors SeaM masks (Conv/Linear modules) are scaled by their density.
     net = MatmulNet()
-    assert count_flops(net, 2) == 12 * 5 + 5 * 7 + 7 * 5
+    dense = 12 * 5 + 5 * 7 + 7 * 5 + 6 * 4
+    assert count_flops(net, 2) == dense
     with torch.no_grad():
-        net.w[:, :10] = 0  # 50 zeros -> 10 non-zero
-        net.w2[0] = 0      # 7 zeros -> 28 non-zero
-    assert count_flops(net, 2, nonzero_only=True) == 10 + 28 + 28
-
-
-def test_input_image_is_not_a_weight_and_views_are():
-    class InputMatmul(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.ones(4, 5, 1))  # used through a 2-D view
-            with torch.no_grad():
-                self.w[0] = 0  # 5 zeros -> 15 non-zero
-
-        def forward(self, x):  # x: [1, 3, 4, 4] = 48 zeros
-            y = x.view(12, 4) @ self.w.view(4, 5)  # [12, 4] @ [4, 5]
-            return y.t() @ x.view(12, 4)  # [5, 12] @ [12, 4]: no weight involved
-
-    # Dense: 12*4*5 = 240 and 5*12*4 = 240. Non-zero only: 12 rows x 15 = 180, and still 240
-    # for the product of two activations (the all-zero image must not count as a weight).
-    assert count_flops(InputMatmul(), 4) == 240 + 240
-    assert count_flops(InputMatmul(), 4, nonzero_only=True) == 180 + 240
-
-
-def test_weight_computed_in_forward_is_refused():
-    class Scaled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(2, 3, 1, 1))
-
-        def forward(self, x):
-            return F.conv2d(x, self.weight * 2)
-
-    assert count_flops(Scaled(), 2) == 6 * 4
-    with pytest.raises(ValueError, match="computed in the forward pass"):
-        count_flops(Scaled(), 2, nonzero_only=True)
+        net.w[:, :10] = 0
+        net.w2[0] = 0
+        net.k[0] = 0
+    assert count_flops(net, 2, nonzero_only=True) == dense
 
 
 def test_no_warnings_for_skipped_ops(caplog):
