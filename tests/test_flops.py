@@ -93,6 +93,36 @@ def test_parametrized_masks_and_modes():
     assert count_weights(net)[0] == sum(int(b.sum()) for b in binary_masks(masks).values())
 
 
+class SharedNet(nn.Module):
+    """A grouped conv and a linear layer called twice under two names, on a [1, 3, 2, 2] image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)                      # 4*3 = 12 weights
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)  # 4*2*3*3 = 72 weights
+        self.fc = nn.Linear(4, 2)                                          # 2*4 = 8 weights
+        self.alias = self.fc
+
+    def forward(self, x):
+        y = self.grouped(self.conv(x)).flatten(2).transpose(1, 2)  # [1, 4 positions, 4 channels]
+        z = self.fc(y)                                              # [1, 4, 2]
+        return self.alias(z.repeat(1, 1, 2))                        # [1, 4, 4] -> [1, 4, 2]
+
+
+def test_nonzero_rule_is_dense_count_times_density():
+    net = SharedNet()
+    # Dense: conv 12 x 4 positions = 48; grouped 72 x 4 = 288; fc 8 x 4 rows, twice = 64.
+    assert count_flops(net, 2) == 48 + 288 + 64
+    with torch.no_grad():
+        net.conv.weight[0] = 0       # 3 zeros -> 9 of 12 kept
+        net.grouped.weight[:2] = 0   # the first group's filters: 36 zeros -> 36 of 72 kept
+        net.fc.weight[1] = 0         # 4 zeros -> 4 of 8 kept
+        net.fc.bias.zero_()          # biases are not counted either way
+    # Non-zero: 9 x 4 = 36; 36 x 4 = 144; 4 x 4 rows, both calls = 32.
+    assert count_flops(net, 2, nonzero_only=True) == 36 + 144 + 32
+    assert count_flops(net, 2) == 48 + 288 + 64
+
+
 class MatmulNet(nn.Module):
     """Weights used through addmm, matmul and conv2d outside any Conv/Linear module."""
 
