@@ -9,7 +9,8 @@ dense engine. Whole channels often end up dead, though, and those can be cut out
 How it works (model-agnostic, on a ``torch.fx`` graph):
 
 1. Trace a copy of the model with ``torch.fx`` (``torch.nn`` modules are leaves, custom
-   modules are traced through) and record every node's output shape on ``example_input``.
+   modules are traced through) and record every node's output shape on ``example_input``
+   (``torch.fx.passes.shape_prop.ShapeProp``).
 2. Forward **constant analysis**: every channel (dim 1) of every tensor is either a known
    constant (same value at every position and for every input) or variable. A conv row whose
    weights are all zero outputs its bias; eval-BatchNorm maps a constant ``x`` to

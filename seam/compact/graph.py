@@ -1,4 +1,5 @@
-"""The traced model: an ``fx`` graph with every node's output shape and dtype on the example input."""
+"""The traced model: an ``fx`` graph with every node's output shape and dtype on the example input
+(``torch.fx`` ``ShapeProp``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from seam.compact.modules import ChannelAdd, FoldedConv2d
 from seam.errors import SeamError
@@ -45,31 +47,23 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "compact needs a model without data-dependent control flow") from exc
 
 
-class _Record(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.shapes: dict = {}
-        self.dtypes: dict = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if isinstance(out, torch.Tensor) and n.op != "output":
-            self.shapes[n] = tuple(out.shape)
-            self.dtypes[n] = out.dtype
-        return out
-
-
 class TracedGraph:
     """A traced model run once on the example input: node shapes, dtypes, order and helpers."""
 
     def __init__(self, gm: fx.GraphModule, example_input: torch.Tensor):
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        rec = _Record(gm)
         with torch.no_grad():
-            self.reference = rec.run(example_input)
-        self.shapes: dict[fx.Node, tuple[int, ...]] = rec.shapes
-        self.dtypes: dict[fx.Node, torch.dtype] = rec.dtypes
+            self.reference = ShapeProp(gm).propagate(example_input)
+        # Nodes whose output is one tensor; ShapeProp also annotates tuples of tensors (and the
+        # output node), which have no channel dim of their own.
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.dtypes: dict[fx.Node, torch.dtype] = {}
+        for n in gm.graph.nodes:
+            meta = n.meta.get("tensor_meta")
+            if isinstance(meta, TensorMetadata) and n.op != "output":
+                self.shapes[n] = tuple(meta.shape)
+                self.dtypes[n] = meta.dtype
         self.nodes = list(gm.graph.nodes)
         self.order = {n: i for i, n in enumerate(self.nodes)}
 

@@ -110,7 +110,11 @@ class Rewriter:
             obj = self.g.gm.get_submodule(n.target) if n.op == "call_module" else self.g.get_attr(n.target)
             self.attrs[n.target] = copy.deepcopy(obj)
             self.used_targets.add(n.target)
-        return self.graph.node_copy(n, self.lookup)
+        new = self.graph.node_copy(n, self.lookup)
+        # ShapeProp's annotations describe the original model's tensors, not the compact ones
+        new.meta.pop("tensor_meta", None)
+        new.meta.pop("type", None)
+        return new
 
     def run(self) -> tuple[fx.GraphModule, dict]:
         """The compact ``GraphModule`` and its partial report."""
