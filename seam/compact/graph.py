@@ -24,8 +24,12 @@ class CompactError(SeamError, ValueError):
 
 
 def internal_error(message: str) -> Exception:
-    """The exception for a bug in the compaction (not the user's model)."""
-    return CompactError(f"internal error: {message}")
+    """The exception for a bug in the compaction, not in the user's model.
+
+    A plain RuntimeError, not a :class:`CompactError`: stages print a SeamError as one line
+    without a traceback, and a bug needs its traceback.
+    """
+    return RuntimeError(f"internal error: {message}")
 
 
 class _Tracer(fx.Tracer):
