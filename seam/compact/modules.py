@@ -29,6 +29,11 @@ class FoldedConv2d(nn.Conv2d):
     def const_map(self, height: int, width: int) -> torch.Tensor:
         """``[1, C_out, H_out, W_out]``: what the removed constant channels add at each position."""
         k = self.const_kernel
+        if torch.compiler.is_compiling():
+            # torch.export / compile: the map is part of the graph (a cache entry would be
+            # a tensor attribute assigned during tracing)
+            ones = torch.ones(1, 1, height, width, dtype=k.dtype, device=k.device)
+            return F.conv2d(ones, k, None, self.stride, self.padding, self.dilation)
         key = (height, width, k.device, k.dtype)
         entry = self._const_maps.get(key)
         if entry is None or entry[0] is not k or entry[1] != k._version:
