@@ -60,7 +60,13 @@ padding cannot break constancy (no padding, or a reflect / replicate / circular 
 and for linear layers, the constant folds into the bias.
 
 The compact model is an ``fx.GraphModule`` in eval mode, meant for inference: its BatchNorms
-and folded constants assume eval-mode statistics, as the masked model does.
+and folded constants assume eval-mode statistics, as the masked model does. To store it for
+another stage, use ``seam.exported.save_compact`` (a ``torch.export`` archive that loads
+without this package and without unpickling).
+
+A problem with the user's model (not an ``nn.Module``, training mode, not traceable, result
+not exact) raises :class:`CompactError`; an inconsistency inside the passes is a bug and
+raises a ``RuntimeError`` ("internal error: ...") with its traceback.
 """
 
 from seam.compact.core import compact, count_params
