@@ -461,3 +461,16 @@ def test_channel_add_export_form_is_the_same_sum_without_scatter(tmp_path):
     export_onnx(compacted, tmp_path / "c.onnx", input_size=32, batch=2)  # checks ONNX == torch
     ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "c.onnx").graph.node)
     assert "ScatterElements" not in ops
+
+
+def test_internal_errors_are_not_compact_errors(monkeypatch):
+    """A bug in the compaction keeps its traceback: not a SeamError, which stages print as one line."""
+    from seam.compact import ops
+
+    def broken(self, g, need, keep):
+        raise ops.internal_error(f"{self.node.name} needs channels its input lost")
+
+    monkeypatch.setattr(ops.ChannelMap, "keep", broken)
+    with pytest.raises(RuntimeError, match="internal error") as info:
+        compact(_randomise(ConvNet()), X)
+    assert not isinstance(info.value, CompactError)

@@ -26,6 +26,8 @@ def seam_imports(path: Path) -> set[str]:
                 names = [a.name for a in node.names]
             for name in names:
                 rel = name.replace(".", "/") + ".py"
+                if (REPO / name.replace(".", "/") / "__init__.py").exists():  # a package
+                    rel = name.replace(".", "/") + "/__init__.py"
                 if name.startswith("seam") and (REPO / rel).exists() and rel not in seen and rel != "seam/__init__.py":
                     seen.add(rel)
                     todo.append(REPO / rel)

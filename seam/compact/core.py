@@ -1,0 +1,131 @@
+"""The driver: trace, classify, run the passes, check the compact model, report."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from seam.compact import passes
+from seam.compact.graph import CompactError, TracedGraph, internal_error, trace
+from seam.compact.modules import FoldedConv2d
+from seam.compact.ops import classify
+
+__all__ = ["compact", "count_params"]
+
+
+def _conv_like(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Conv2d, nn.Linear))
+
+
+def count_params(model: nn.Module) -> int:
+    """Conv + linear weights and biases (and folded-constant kernels) of ``model``."""
+    total = 0
+    for m in model.modules():
+        if _conv_like(m):
+            total += m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        if isinstance(m, FoldedConv2d):
+            total += m.const_kernel.numel()
+    return total
+
+
+def compact(model: nn.Module, example_input: torch.Tensor, *, atol: float = 1e-4) -> tuple[nn.Module, dict]:
+    """A dense model without the dead channels of ``model``, and a report.
+
+    ``model`` (left unchanged) is typically a re-engineered model with masked weights zeroed;
+    ``example_input`` fixes the shapes of the trace and checks the result: if the compact
+    model's output differs from ``model``'s by more than ``atol`` (relative to the output's
+    scale) a :class:`CompactError` is raised.
+
+    Report keys: ``params_before`` / ``params_after`` (conv + linear weights and biases, plus
+    folded-constant kernels after), ``zero_weights_before``, ``zero_weights_removed``,
+    ``structural_zero_share`` (= removed / before), ``nonzero_weights_removed``,
+    ``fold_params`` (folded-constant kernels and new biases), ``layers`` (per conv / linear /
+    BatchNorm: ``in`` and ``out`` channels as ``[before, after]``, ``folded_inputs``),
+    ``channels_removed`` (layer -> output channels removed), ``removed_layers`` (layers with
+    no channel left), ``max_abs_diff`` on ``example_input``.
+    """
+    _check_arguments(model, example_input)
+    device = example_input.device
+    # The analysis and the rewrite run on a CPU copy; the result moves to the input's device.
+    g = TracedGraph(trace(copy.deepcopy(model).cpu()), example_input.detach().cpu())
+    ops = {n: classify(g, n) for n in g.nodes}
+    mutated = passes.mutated_late(g, ops)
+    with torch.no_grad():
+        cval = passes.constants(g, ops, mutated)
+        need = passes.needs(g, ops, cval)
+        keep = passes.keeps(g, ops, need)
+        new_gm, report = passes.Rewriter(g, ops, cval, keep).run()
+        new_gm.eval()
+        got = new_gm(example_input.detach().cpu())
+    report["max_abs_diff"] = _max_diff(g.reference, got, atol)
+    report["params_before"] = count_params(model)
+    report["params_after"] = count_params(new_gm)
+    return new_gm.to(device), _finish_report(model, report)
+
+
+def _check_arguments(model: nn.Module, example_input: torch.Tensor) -> None:
+    if not isinstance(model, nn.Module):
+        raise CompactError(f"compact needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor):
+        raise CompactError("example_input must be a tensor")
+    training = [name for name, m in model.named_modules()
+                if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
+    if training:
+        raise CompactError(f"{training[0]} is in training mode; compaction is exact for inference only: "
+                           "call model.eval() first")
+
+
+def _max_diff(reference: object, got: object, atol: float) -> float:
+    """Max |reference - got| over the output tensors; a CompactError beyond ``atol`` (times the scale)."""
+    ref_flat, _ = tree_flatten(reference)
+    got_flat, _ = tree_flatten(got)
+    diff = 0.0
+    if len(ref_flat) != len(got_flat):
+        raise internal_error("the compact model's output structure differs")
+    for r, g in zip(ref_flat, got_flat):
+        if isinstance(r, torch.Tensor):
+            if not isinstance(g, torch.Tensor) or r.shape != g.shape:
+                raise internal_error("the compact model's output shape differs")
+            if r.numel():
+                d = float((r.double() - g.double()).abs().max())
+                diff = max(diff, d)
+                scale = max(1.0, float(r.double().abs().max()))
+                if not math.isfinite(d) or d > atol * scale:
+                    raise CompactError(f"compaction is not exact on the example input (max |diff| {d:.3g}); "
+                                       "refusing to return a wrong model")
+    return diff
+
+
+def _finish_report(model: nn.Module, report: dict) -> dict:
+    """The public report: weight counts of ``model`` and the rewrite's layer report."""
+    zeros_before = 0
+    nonzero_before = 0
+    for m in {id(m): m for m in model.modules() if _conv_like(m)}.values():
+        for t in (m.weight, m.bias):
+            if t is not None:
+                z = int((t.detach() == 0).sum())
+                zeros_before += z
+                nonzero_before += t.numel() - z
+    zeros_kept = report.pop("_zeros_kept")
+    removed_zero = max(0, zeros_before - zeros_kept)
+    kept_original = report["params_after"] - report["fold_params"]
+    removed_total = max(0, report["params_before"] - kept_original)
+    out = {
+        "params_before": report["params_before"],
+        "params_after": report["params_after"],
+        "fold_params": report["fold_params"],
+        "zero_weights_before": zeros_before,
+        "zero_weights_removed": removed_zero,
+        "structural_zero_share": removed_zero / zeros_before if zeros_before else 0.0,
+        "nonzero_weights_removed": max(0, removed_total - removed_zero),
+        "channels_removed": {k: v["out"][0] - v["out"][1] for k, v in report["layers"].items()
+                             if v["out"][0] != v["out"][1]},
+        "removed_layers": report["removed_layers"],
+        "layers": report["layers"],
+        "max_abs_diff": report["max_abs_diff"],
+    }
+    return out
