@@ -23,6 +23,7 @@ from seam.datasets import download_dataset, load_dataset
 from seam.device import resolve_device
 from seam.registry import get_spec, load_model
 from seam.search import SearchConfig, search
+from seam.selection import AccuracyTarget
 from seam.targets import build_target, parse_targets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -46,7 +47,8 @@ def main() -> None:
     data = build_target(raw, problem, seed=0, val_fraction=0.0)
     spec = get_spec("resnet20")
     model = load_model(spec, args.checkpoint)
-    config = SearchConfig(batch_size=args.batch_size, max_epochs=args.epochs, early_stop=0, select_on="test")
+    config = SearchConfig(alpha=1.0, lr_mask=0.05, lr_head=0.1, batch_size=args.batch_size, max_epochs=args.epochs,
+                          select_on="test", seed=0)
 
     marks = [time.perf_counter()]
     rows = []
@@ -59,11 +61,11 @@ def main() -> None:
         print(f"epoch {row['epoch']} ({row['phase']}): {marks[-1] - marks[-2]:.2f} s, retention {row['retention']:.3f}",
               flush=True)
 
-    search(model, data, mean=spec.mean, std=spec.std, config=config, device=device, progress=False,
-           on_epoch=on_epoch)
+    search(model, data, mean=spec.mean, std=spec.std, config=config, stop=AccuracyTarget.factory(0), device=device,
+           progress=False, on_epoch=on_epoch)
     joint = [marks[i + 1] - marks[i] for i, r in enumerate(rows) if r["phase"] == "head+mask"]
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"device {device}, threads {torch.get_num_threads()}, train images {len(data['train_y'])}, "
+    print(f"device {device}, threads {torch.get_num_threads()}, train images {len(data.train_y)}, "
           f"batch {args.batch_size}")
     if joint:
         print(f"seconds per joint epoch: {sum(joint) / len(joint):.2f} (min {min(joint):.2f}, n={len(joint)})")

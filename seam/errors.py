@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 class SeamError(Exception):
     """Bad input the user can fix (a file, a key, a hash): reported without a traceback."""
 
 
-def run_stage(main: Callable[..., None], *args: str) -> None:
-    """Run a stage's ``main``; a SeamError ends it with ``error: <message>`` and exit code 1.
-
-    Set ``SEAM_DEBUG=1`` to get the traceback as well.
+def run_stage(main: Callable[..., None]) -> None:
+    """Run a stage's ``main`` as a command line (typer, from its signature); a SeamError ends
+    it with ``error: <message>`` and exit code 1. Set ``SEAM_DEBUG=1`` for the traceback too.
     """
-    try:
-        main(*args)
-    except SeamError as exc:
-        if os.environ.get("SEAM_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    import typer
+
+    @functools.wraps(main)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            main(*args, **kwargs)
+        except SeamError as exc:
+            if os.environ.get("SEAM_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=sys.modules[main.__module__].__doc__)
+    app.command(help=sys.modules[main.__module__].__doc__)(guarded)
+    app()

@@ -13,7 +13,6 @@ best epoch, early stopping.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from seam.accuracy import accuracy, predict
-from seam.augment import Normalize, random_crop_flip
+from seam.augment import Normalize
 from seam.errors import SeamError
 from seam.masking import apply_masks
-
-SPLITS = ("val", "test")
+from seam.problem import TargetProblem
+from seam.selection import BestAccuracy
+from seam.training import batch_bar, evaluate, train_epoch
 
 
 class FinetuneError(SeamError, ValueError):
@@ -90,31 +89,21 @@ def masked_start(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return new_model
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
-    """Hyper-parameters of one fine-tuning run."""
+    """Hyper-parameters of one fine-tuning run; the stages fill it from params.yaml, where they are checked."""
 
-    lr_hidden: float = 0.005     # SGD lr of every layer but the output layer (SeaM/ReMos release)
-    lr_output: float = 0.05      # SGD lr of the new output layer
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 10
-    early_stop: int = 3          # stop after this many epochs without a better selection-split accuracy (<=0: never)
-    select_on: str = "val"       # "val" or "test" (the release stops on the test split)
-    train_only_output: bool = False   # step 1 of the SeaM flow: train the new output layer only
+    lr_hidden: float             # SGD lr of every layer but the output layer (SeaM/ReMos release)
+    lr_output: float             # SGD lr of the output layer
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    max_epochs: int
+    early_stop: int              # stop after this many epochs without a better selection-split accuracy (<=0: never)
+    select_on: str               # "val" or "test" (the release stops on the test split)
+    seed: int
+    train_only_output: bool = False   # step 1 of the SeaM flow: train the output layer only
     padding: int = 4             # random-crop padding of the training augmentation
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.select_on not in SPLITS:
-            raise FinetuneError(f"select_on must be one of {SPLITS}, got {self.select_on!r}")
-        for key in ("lr_hidden", "lr_output", "batch_size", "max_epochs"):
-            if not getattr(self, key) > 0:
-                raise FinetuneError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        for key in ("momentum", "weight_decay", "padding"):
-            if getattr(self, key) < 0:
-                raise FinetuneError(f"{key} must be >= 0, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -128,7 +117,7 @@ class FinetuneResult:
 def finetune(
     model: nn.Module,
     classifier: str,
-    data: dict,
+    problem: TargetProblem,
     *,
     mean: Sequence[float],
     std: Sequence[float],
@@ -137,31 +126,67 @@ def finetune(
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a copy of ``model`` on the target problem in ``data``; return the best epoch's weights.
+    """Fine-tune a copy of ``model`` on ``problem``; return the best epoch's weights.
 
     ``classifier`` is the dotted path of the output layer (e.g. the one
     ``replace_classifier`` put in): its parameters train at ``lr_output``, all others at
-    ``lr_hidden`` (or stay frozen with ``train_only_output``). ``data`` is a prepared
-    target problem (see ``seam.targets``). Each epoch evaluates the ``select_on`` split
-    (and the other split when it has images); the epoch with the highest selection
-    accuracy is kept (first one on ties). ``model`` itself is not modified.
+    ``lr_hidden`` (or stay frozen with ``train_only_output``). Each epoch evaluates the
+    ``select_on`` split (and the other split when it has images); the epoch with the
+    highest selection accuracy is kept (:class:`~seam.selection.BestAccuracy`).
+    ``model`` itself is not modified.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)  # dropout draws from the global RNG
     gen = torch.Generator().manual_seed(config.seed)
     normalize = Normalize(mean, std, device)
-
-    splits = {s: (data[f"{s}_x"], data[f"{s}_y"]) for s in SPLITS if len(data.get(f"{s}_y", ()))}
+    splits = problem.eval_splits()
     if config.select_on not in splits:
-        raise FinetuneError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images "
-                            "(set prepare.val_fraction > 0 or select_on: test)")
-    if not len(data["train_y"]):
+        raise FinetuneError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images")
+    if not len(problem.train_y):
         raise FinetuneError("the target problem has no training images")
-    train_x = data["train_x"].to(device)
-    train_y = data["train_y"].to(device)
+    train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
 
     model = copy.deepcopy(model).to(device)
     head = _classifier_module(model, classifier)
+    optim = _optimizer(model, head, classifier, config)
+    # NHWC convolutions are faster on the CPU (oneDNN) and are cuDNN's fast path (as in search).
+    model.to(memory_format=torch.channels_last)
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = F.cross_entropy(logits, y)
+        return loss, torch.stack([loss.detach() * n, (logits.detach().argmax(1) == y).sum()])
+
+    rule = BestAccuracy(config.early_stop)
+    best_state = None
+    history = []
+    epochs = tqdm(range(config.max_epochs), desc=f"finetune {problem.name}", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        _set_train_mode(model, head, config.train_only_output)
+        sums, _ = train_epoch(model, optim, train_x, train_y, normalize=normalize, generator=gen,
+                              batch_size=config.batch_size, padding=config.padding, loss_fn=loss_fn,
+                              desc="finetune", progress=batch_bar(progress))
+        loss, train_acc = (sums / len(train_y)).tolist()
+        accs = evaluate(model, splits, normalize, device)
+        improved = rule.update(epoch, accs[config.select_on])
+        if improved:
+            best_state = {k: v.detach().clone(memory_format=torch.contiguous_format).cpu()
+                          for k, v in model.state_dict().items()}
+        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, **{f"{s}_acc": a for s, a in accs.items()},
+               "selected": improved}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        epochs.set_postfix(loss=f"{loss:.4f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
+        if rule.should_stop:
+            break
+
+    assert best_state is not None  # the first epoch always beats -1
+    return FinetuneResult(state_dict=best_state, best_epoch=rule.selected_epoch, best_acc=rule.best_acc,
+                          history=history)
+
+
+def _optimizer(model: nn.Module, head: nn.Module, classifier: str, config: FinetuneConfig) -> torch.optim.SGD:
+    """SGD with the output layer at ``lr_output`` and the rest at ``lr_hidden`` (or frozen)."""
     output_params = list(head.parameters())
     if not output_params:
         raise FinetuneError(f"{type(model).__name__}.{classifier} has no parameters to train")
@@ -176,37 +201,7 @@ def finetune(
     groups = [{"params": output_params, "lr": config.lr_output}]
     if hidden_params and not config.train_only_output:
         groups.insert(0, {"params": hidden_params, "lr": config.lr_hidden})
-    optim = torch.optim.SGD(groups, lr=config.lr_hidden, momentum=config.momentum, weight_decay=config.weight_decay)
-    # NHWC convolutions are faster on the CPU (oneDNN) and are cuDNN's fast path (as in search).
-    model.to(memory_format=torch.channels_last)
-
-    best_state, best_epoch, best_acc = None, -1, -1.0
-    since_best = 0
-    history = []
-    batch_bar = progress and sys.stderr.isatty()
-    epochs = tqdm(range(config.max_epochs), desc=f"finetune {data.get('name', '')}".strip(), unit="epoch",
-                  disable=not progress)
-    for epoch in epochs:
-        _set_train_mode(model, head, config.train_only_output)
-        stats = _train_epoch(model, optim, train_x, train_y, normalize, gen, config, batch_bar)
-        accs = {s: accuracy(predict(model, x, normalize, device=device), y) for s, (x, y) in splits.items()}
-        improved = accs[config.select_on] > best_acc
-        if improved:
-            best_acc, best_epoch, since_best = accs[config.select_on], epoch, 0
-            best_state = {k: v.detach().clone(memory_format=torch.contiguous_format).cpu()
-                          for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
-        row = {"epoch": epoch, **stats, **{f"{s}_acc": a for s, a in accs.items()}, "selected": improved}
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        epochs.set_postfix(loss=f"{stats['loss']:.4f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if 0 < config.early_stop <= since_best:
-            break
-
-    assert best_state is not None  # the first epoch always beats -1
-    return FinetuneResult(state_dict=best_state, best_epoch=best_epoch, best_acc=best_acc, history=history)
+    return torch.optim.SGD(groups, lr=config.lr_hidden, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def _set_train_mode(model: nn.Module, head: nn.Module, only_output: bool) -> None:
@@ -217,23 +212,3 @@ def _set_train_mode(model: nn.Module, head: nn.Module, only_output: bool) -> Non
         # placed before it by replace_classifier) stays in train mode.
         model.eval()
         head.train()
-
-
-def _train_epoch(model, optim, train_x, train_y, normalize, gen, config, batch_bar) -> dict:
-    n = len(train_y)
-    order = torch.randperm(n, generator=gen).to(train_x.device)
-    totals = torch.zeros(2, dtype=torch.float64, device=train_x.device)  # summed loss, correct
-    batches = range(0, n, config.batch_size)
-    for start in tqdm(batches, desc="finetune", leave=False, disable=not batch_bar):
-        idx = order[start : start + config.batch_size]
-        x = normalize(random_crop_flip(train_x[idx], config.padding, gen)).contiguous(memory_format=torch.channels_last)
-        y = train_y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        # Summed on the device: a .item() per batch would synchronise a GPU every step.
-        totals += torch.stack([loss.detach() * len(idx), (logits.detach().argmax(1) == y).sum()]).double()
-    loss, correct = (totals / n).tolist()
-    return {"loss": loss, "train_acc": correct}

@@ -1,51 +1,178 @@
-"""Reading params.yaml with errors that name the file and the key."""
+"""params.yaml, declared once: a typed schema whose defaults are params.yaml's values.
+
+Every stage reads the whole file through :func:`load_params`, so a typo anywhere is refused
+before any stage writes, and errors name the key path (``reengineer.lr_mask: ...``).
+params.yaml must set every key (DVC tracks what the file says, so nothing may come from a
+hidden default) and no other: a missing or unknown key is an error.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from seam.errors import SeamError
 
 
 class ParamsError(SeamError, ValueError):
-    """params.yaml is missing, unreadable, or lacks / mistypes a key."""
+    """params.yaml is missing, unreadable, or has a key of the wrong type, range or name."""
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
-    """The parsed params file (a mapping)."""
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    # strict: a YAML `true` or "0.1" where a number is expected is a typo, not a value
+    # (ints still pass for floats).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetParams(Section):
+    name: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
+    source: Optional[str] = None   # imagefolder: directory, archive or URL; cifar: optional local archive
+    sha256: Optional[str] = None   # optional sha256 of an imagefolder archive
+
+
+class ModelParams(Section):
+    name: str = "resnet20"         # a registry entry (`seam models`)
+
+
+class PrepareParams(Section):
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class ReengineerParams(Section):
+    """The RQ1 mask search (`reengineer@<target>`)."""
+
+    lr_mask: Positive = 0.05
+    lr_head: Positive = 0.1
+    batch_size: PositiveInt = 64
+    max_epochs: PositiveInt = 50
+    early_stop: NonNegativeInt = 15   # 0: never stop early
+
+
+class ExportParams(Section):
+    batch: PositiveInt = 16
+    opset: Annotated[int, Field(ge=7)] = 13
+
+
+class BenchmarkParams(Section):
+    iterations: PositiveInt = 200
+    warmup: NonNegativeInt = 20
+    pairs: PositiveInt = 5
+    num_cores: Optional[PositiveInt] = None
+
+
+class FinetuneParams(Section):
+    """RQ3 fine-tuning: the standard flow, and step 3 of the SeaM flow."""
+
+    lr_hidden: Positive = 0.005
+    lr_output: Positive = 0.05
+    momentum: NonNegative = 0.9
+    weight_decay: NonNegative = 0.0001
+    batch_size: PositiveInt = 64
+    max_epochs: PositiveInt = 8
+    early_stop: NonNegativeInt = 3
+
+
+class OutputLayerParams(Section):
+    """SeaM flow step 1: train the new output layer alone."""
+
+    lr_output: Positive = 0.1
+    max_epochs: PositiveInt = 2
+
+
+class SeamReengineerParams(Section):
+    """SeaM flow step 2: re-engineer until `threshold` of the weights are removed."""
+
+    alpha: NonNegative = 0.5
+    lr_mask: Positive = 0.05
+    lr_head: Positive = 0.001      # the model's own output layer plays the head
+    batch_size: PositiveInt = 64
+    max_epochs: PositiveInt = 100
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
+
+
+class SeamFlowParams(Section):
+    output_layer: OutputLayerParams = OutputLayerParams()
+    reengineer: SeamReengineerParams = SeamReengineerParams()
+
+
+class AttackParams(Section):
+    eps: Positive = 0.1
+    nb_iter: PositiveInt = 40
+    eps_iter: Positive = 0.01
+    clip: Annotated[list[float], Field(min_length=2, max_length=2)] = [-2.2, 2.2]  # normalised input range
+    batch_size: PositiveInt = 256
+
+
+class DefectsParams(Section):
+    target: dict[str, Any] = {"classes": ["bird", "cat", "deer", "dog", "frog", "horse"]}
+    train_per_class: Optional[PositiveInt] = 1000
+    test_per_class: Optional[PositiveInt] = 300
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    finetune: FinetuneParams = FinetuneParams()
+    seam: SeamFlowParams = SeamFlowParams()
+    attack: AttackParams = AttackParams()
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: NonNegativeInt = 0
+    alpha: NonNegative = 1.0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
+    select_on: Literal["val", "test"] = "val"
+    dataset: DatasetParams = DatasetParams()
+    model: ModelParams = ModelParams()
+    targets: dict[str, Any] = {"airplane": {"binary": 0}}  # checked against the dataset by seam.targets
+    prepare: PrepareParams = PrepareParams()
+    reengineer: ReengineerParams = ReengineerParams()
+    export: ExportParams = ExportParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
+    defects: DefectsParams = DefectsParams()
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']}, got {error['input']!r}"
+
+
+def _missing(schema: type[Section], raw: dict, prefix: str = "") -> list[str]:
+    """Key paths the schema has and `raw` lacks, with their defaults."""
+    out = []
+    for name, field in schema.model_fields.items():
+        if name not in raw:
+            out.append(f"{prefix}{name} (default: {field.default!r})")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, Section) and isinstance(raw[name], dict):
+            out += _missing(field.annotation, raw[name], f"{prefix}{name}.")
+    return out
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """The validated params file; a ParamsError names the file and every bad key path."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
     try:
-        params = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(params, dict):
+    if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
-    params["_path"] = str(path)
-    return params
-
-
-_MISSING = object()
-
-
-def get(params: dict[str, Any], key: str, expected: type | tuple[type, ...] | None = None, default: Any = _MISSING) -> Any:
-    """``params["a"]["b"]`` for ``key="a.b"``, checked against ``expected``."""
-    where = params.get("_path", "params.yaml")
-    node: Any = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is not _MISSING:
-                return default
-            raise ParamsError(f"{where}: missing key {key!r}")
-        node = node[part]
-    if expected is not None:
-        # bool is an int in Python; a YAML `true` where a number is expected is a typo.
-        wrong_bool = isinstance(node, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,))
-        if wrong_bool or not isinstance(node, expected):
-            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
-            raise ParamsError(f"{where}: {key!r} must be {names}, got {node!r}")
-    return node
+    missing = _missing(Params, raw)
+    if missing:
+        raise ParamsError(f"{path}: missing key(s) {', '.join(missing)}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors(include_url=False))) from None

@@ -11,39 +11,40 @@ from torch import nn
 
 from seam.atomic import save_torch
 from seam.finetune import FinetuneConfig, FinetuneError, finetune, replace_classifier
-from seam.masking import apply_masks, maskable_tensors
+from seam.masking import apply_masks, count_kept, maskable_tensors
+from seam.problem import TargetProblem
 from seam.search import SearchConfig, search
+from seam.selection import RemovalThreshold
 
 FORMAT = "seam-finetuned"
 
 
-def standard(pretrained: nn.Module, classifier: str, data: dict, *, mean, std, config: FinetuneConfig,
+def standard(pretrained: nn.Module, classifier: str, problem: TargetProblem, *, mean, std, config: FinetuneConfig,
              dropout: float, device, on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
     """New K-class output layer, then fine-tune every weight."""
-    model = replace_classifier(pretrained, classifier, len(data["class_names"]), dropout=dropout, seed=config.seed)
-    result = finetune(model, classifier, data, mean=mean, std=std, config=config, device=device, on_epoch=on_epoch)
+    model = replace_classifier(pretrained, classifier, problem.num_classes, dropout=dropout, seed=config.seed)
+    result = finetune(model, classifier, problem, mean=mean, std=std, config=config, device=device, on_epoch=on_epoch)
     model.load_state_dict(result.state_dict)
     return model.eval(), {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
 
 
-def seam_flow(pretrained: nn.Module, classifier: str, data: dict, *, mean, std, head_config: FinetuneConfig,
-              search_config: SearchConfig, config: FinetuneConfig, dropout: float, device,
-              on_epoch: Callable[[str, dict], None] | None = None) -> tuple[nn.Module, dict]:
+def seam_flow(pretrained: nn.Module, classifier: str, problem: TargetProblem, *, mean, std,
+              head_config: FinetuneConfig, search_config: SearchConfig, threshold: float, config: FinetuneConfig,
+              dropout: float, device, on_epoch: Callable[[str, dict], None] | None = None) -> tuple[nn.Module, dict]:
     """SeaM's flow (release): (1) train a new output layer alone, (2) re-engineer that model
-    until `search_config.stop_at_removed` of its weights are removed, (3) start from the
-    pretrained weights times the mask, with a fresh output layer, and fine-tune everything."""
-    num_classes = len(data["class_names"])
+    until `threshold` of its weights are removed, (3) start from the pretrained weights times
+    the mask, with a fresh output layer, and fine-tune everything."""
+    num_classes = problem.num_classes
     step = (lambda name: (lambda row: on_epoch(name, row))) if on_epoch else (lambda name: None)
 
     model = replace_classifier(pretrained, classifier, num_classes, dropout=dropout, seed=head_config.seed)
-    head = finetune(model, classifier, data, mean=mean, std=std, config=head_config, device=device,
+    head = finetune(model, classifier, problem, mean=mean, std=std, config=head_config, device=device,
                     on_epoch=step("output_layer"))
     model.load_state_dict(head.state_dict)
 
-    found = search(model, data, mean=mean, std=std, config=search_config, device=device,
-                   on_epoch=step("reengineer"), output_layer=classifier)
-    kept = sum(int(m.sum()) for m in found.masks.values())
-    total = sum(m.numel() for m in found.masks.values())
+    found = search(model, problem, mean=mean, std=std, config=search_config, stop=RemovalThreshold.factory(threshold),
+                   device=device, on_epoch=step("reengineer"), output_layer=classifier)
+    kept, total = count_kept(found.masks)
 
     # Release: step 3 rebuilds the model from the pretrained weights, so the output layer
     # starts fresh; only the searched tensors carry the mask.
@@ -51,7 +52,7 @@ def seam_flow(pretrained: nn.Module, classifier: str, data: dict, *, mean, std, 
     full = {name: found.masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
             for name, module, p in maskable_tensors(start)}
     apply_masks(start, full)
-    result = finetune(start, classifier, data, mean=mean, std=std, config=config, device=device,
+    result = finetune(start, classifier, problem, mean=mean, std=std, config=config, device=device,
                       on_epoch=step("finetune"))
     start.load_state_dict(result.state_dict)
     return start.eval(), {

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -14,40 +13,27 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from seam.accuracy import accuracy, original_accuracy, predict
-from seam.augment import Normalize, random_crop_flip
+from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
 from seam.masking import attach_masks, binary_masks, retention
-from seam.selection import Selector
+from seam.problem import TargetProblem
+from seam.selection import RuleFactory
+from seam.training import batch_bar, evaluate, train_epoch
 
-SPLITS = ("val", "test")
 
-
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
-    """Hyper-parameters of one search (the ``reengineer`` section of params.yaml, plus alpha/seed)."""
+    """Hyper-parameters of one search; the stages fill it from params.yaml, where they are checked."""
 
-    alpha: float = 1.0
-    lr_mask: float = 0.05
-    lr_head: float = 0.1
-    batch_size: int = 64
-    max_epochs: int = 300
-    early_stop: int = 30
-    head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone
+    alpha: float               # weight of the retention term
+    lr_mask: float
+    lr_head: float
+    batch_size: int
+    max_epochs: int
+    select_on: str             # "val" or "test": the split the stopping rule sees
+    seed: int
+    head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
     padding: int = 4           # random-crop padding of the training augmentation
-    select_on: str = "val"     # split used for model selection: "val" (ours) or "test" (the release)
-    stop_at_removed: float | None = None  # RQ3 flow: stop, keeping that epoch, once this share is removed
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.select_on not in SPLITS:
-            raise ValueError(f"select_on must be one of {SPLITS}, got {self.select_on!r}")
-        for key in ("lr_mask", "lr_head", "batch_size", "max_epochs", "head_only_every"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
-        if self.stop_at_removed is not None and not 0 < self.stop_at_removed < 1:
-            raise ValueError(f"stop_at_removed (threshold t) must be in (0, 1), got {self.stop_at_removed!r}")
 
 
 @dataclass
@@ -55,29 +41,31 @@ class SearchResult:
     masks: dict[str, torch.Tensor]      # bool masks of the selected epoch, by tensor name
     head: dict[str, torch.Tensor]       # head state dict of the selected epoch
     selected_epoch: int
-    reached_target: bool                # did any epoch match the original's accuracy?
-    acc_original: dict[str, float]      # original model on val/test (the threshold is on select_on)
+    reached_target: bool                # the stopping rule's target (accuracy or threshold) was met
+    acc_original: dict[str, float]      # original model on val/test (the accuracy target is on select_on)
     history: list[dict] = field(default_factory=list)
 
 
 def search(
     original: nn.Module,
-    data: dict,
+    problem: TargetProblem,
     *,
     mean: Sequence[float],
     std: Sequence[float],
     config: SearchConfig,
+    stop: RuleFactory,
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     output_layer: str | None = None,
 ) -> SearchResult:
-    """Search a mask over ``original``'s conv/linear tensors for the target problem in ``data``.
+    """Search a mask over ``original``'s conv/linear tensors for ``problem``.
 
-    ``data`` is a prepared target problem (see ``seam.targets``): uint8 images and labels
-    for train/val/test, ``kind`` and ``source_classes``. ``original`` is not modified: the
-    search works on a deep copy whose original weights are frozen. ``on_epoch`` receives
-    each epoch's log row as soon as it exists.
+    ``original`` is not modified: the search works on a deep copy whose original weights
+    are frozen. ``stop`` builds the stopping rule from the original model's accuracy on the
+    selection split (``AccuracyTarget.factory(early_stop)`` or
+    ``RemovalThreshold.factory(t)``). ``on_epoch`` receives each epoch's log row as soon as
+    it exists.
 
     By default (RQ1) the candidate is ``original`` followed by a new ReLU + Linear(N, K)
     head. With ``output_layer`` (the dotted name of a K-class layer ``original`` already
@@ -88,32 +76,21 @@ def search(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     normalize = Normalize(mean, std, device)
-
-    train_x = data["train_x"].to(device)
-    train_y = data["train_y"].to(device)
-    splits = {s: (data[f"{s}_x"], data[f"{s}_y"]) for s in SPLITS if len(data[f"{s}_y"])}
+    train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
+    splits = problem.eval_splits()
     if config.select_on not in splits:
-        raise ValueError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images "
-                         "(set prepare.val_fraction > 0 or select_on: test)")
-    num_classes = len(data["class_names"])
+        raise ValueError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images")
 
     base = copy.deepcopy(original).to(device).eval()
-    acc_original = {}
-    for split, (x, y) in splits.items():
-        logits = predict(base, x, normalize, device=device)
-        if output_layer is None:
-            acc_original[split] = original_accuracy(logits, y, kind=data["kind"], source_classes=data["source_classes"])
-        else:
-            acc_original[split] = accuracy(logits, y)
-    num_outputs = logits.shape[1]
-
+    acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer)
     if output_layer is None:
-        model = ReengineeredModel(base, num_outputs, num_classes).to(device)
+        model = ReengineeredModel(base, num_outputs, problem.num_classes).to(device)
         masks = attach_masks(model.original)
         head = model.head
     else:
-        if num_outputs != num_classes:
-            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
+        if num_outputs != problem.num_classes:
+            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, "
+                             f"the target has {problem.num_classes}")
         model = base
         head = model.get_submodule(output_layer)
         masks = attach_masks(model, skip=(output_layer,))
@@ -127,85 +104,65 @@ def search(
         [{"params": mask_params, "lr": config.lr_mask}, {"params": head_params, "lr": config.lr_head}]
     )
 
-    selector = Selector(target_acc=acc_original[config.select_on], early_stop=config.early_stop)
-    best = None
-    history = []
-    # The per-batch bar helps at a terminal; in a log (CI, redirected dvc repro) it would
-    # add a line per update, so there only the per-epoch bar is kept.
-    batch_bar = progress and sys.stderr.isatty()
-    epochs = tqdm(range(config.max_epochs), desc=f"search {data.get('name', '')}".strip(), unit="epoch",
-                  disable=not progress)
-    for epoch in epochs:
-        head_only = epoch % config.head_only_every == 0
-        optim = optim_head
-        if not head_only:
-            optim = optim_joint
-        stats = _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, batch_bar)
-
-        with parametrize.cached():
-            accs = {s: accuracy(predict(model, x, normalize, device=device), y) for s, (x, y) in splits.items()}
-        with torch.no_grad():
-            kept = retention(masks).item()
-        row = {"epoch": epoch, "phase": "head" if head_only else "head+mask", **stats, "retention": kept,
-               **{f"{s}_acc": a for s, a in accs.items()}}
-        # With a removal threshold (the defect-inheritance flow) the search runs until that
-        # share of weights is gone and keeps where it stopped; accuracy does not select.
-        by_threshold = config.stop_at_removed is not None
-        removed_enough = by_threshold and 1 - kept >= config.stop_at_removed
-        if selector.update(epoch, accs[config.select_on], kept) or by_threshold:
-            best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}))
-        selected_epoch = epoch if by_threshold else selector.selected_epoch
-        row["selected"] = selected_epoch == epoch
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if (selector.should_stop and not by_threshold) or removed_enough:
-            break
-
-    assert best is not None  # the first epoch is always selected by the fallback rule
-    return SearchResult(
-        masks=best[0],
-        head=best[1],
-        selected_epoch=selected_epoch,
-        reached_target=selector.reached_target,
-        acc_original=acc_original,
-        history=history,
-    )
-
-
-def _train_epoch(model, masks, optim, train_x, train_y, normalize, gen, config, head_only, batch_bar) -> dict:
-    # Eval mode even while training: the search learns scores and the head, never the
-    # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").
-    model.eval()
-    # Head-only epochs need no gradient through the original model: freezing the scores
-    # there makes autograd stop at the head, which makes those epochs ~3x cheaper.
-    for m in masks.values():
-        m.scores.requires_grad_(not head_only)
-    n = len(train_y)
-    order = torch.randperm(n, generator=gen).to(train_x.device)
-    totals = torch.zeros(3, dtype=torch.float64, device=train_x.device)  # loss, ce, retention
-    n_batches = 0
-    batches = range(0, n, config.batch_size)
-    for start in tqdm(batches, desc="head" if head_only else "head+mask", leave=False, disable=not batch_bar):
-        idx = order[start : start + config.batch_size]
-        x = normalize(random_crop_flip(train_x[idx], config.padding, gen)).contiguous(memory_format=torch.channels_last)
-        ce = F.cross_entropy(model(x), train_y[idx])
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, _n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = F.cross_entropy(logits, y)
         kept = retention(masks)
         # The head-only optimiser holds no scores, so the retention term only moves the
         # masks in joint epochs; it is kept in the loss so the logged value means one thing.
         loss = ce + config.alpha * kept
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        # Summed on the device: a .item() per batch would synchronise a GPU every step.
-        totals += torch.stack([loss.detach(), ce.detach(), kept.detach()]).double()
-        n_batches += 1
-    for m in masks.values():
-        m.scores.requires_grad_(True)
-    loss, ce, kept = (totals / max(n_batches, 1)).tolist()
-    return {"loss": loss, "ce": ce, "train_retention": kept}
+        return loss, torch.stack([loss.detach(), ce.detach(), kept.detach()])
+
+    rule = stop(acc_original[config.select_on])
+    best = None
+    history = []
+    epochs = tqdm(range(config.max_epochs), desc=f"search {problem.name}", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        head_only = epoch % config.head_only_every == 0
+        # Eval mode even while training: the search learns scores and the head, never the
+        # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").
+        model.eval()
+        # Head-only epochs need no gradient through the original model: freezing the scores
+        # there makes autograd stop at the head, which makes those epochs ~3x cheaper.
+        for m in masks.values():
+            m.scores.requires_grad_(not head_only)
+        sums, n_batches = train_epoch(
+            model, optim_head if head_only else optim_joint, train_x, train_y, normalize=normalize, generator=gen,
+            batch_size=config.batch_size, padding=config.padding, loss_fn=loss_fn,
+            desc="head" if head_only else "head+mask", progress=batch_bar(progress))
+        for m in masks.values():
+            m.scores.requires_grad_(True)
+        loss, ce, train_kept = (sums / max(n_batches, 1)).tolist()
+
+        with parametrize.cached():
+            accs = evaluate(model, splits, normalize, device)
+        with torch.no_grad():
+            kept = retention(masks).item()
+        selected = rule.update(epoch, accs[config.select_on], kept)
+        if selected:
+            best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}))
+        row = {"epoch": epoch, "phase": "head" if head_only else "head+mask", "loss": loss, "ce": ce,
+               "train_retention": train_kept, "retention": kept, **{f"{s}_acc": a for s, a in accs.items()},
+               "selected": rule.selected_epoch == epoch}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
+        if rule.should_stop:
+            break
+
+    assert best is not None  # every rule selects the first epoch
+    return SearchResult(masks=best[0], head=best[1], selected_epoch=rule.selected_epoch,
+                        reached_target=rule.reached_target, acc_original=acc_original, history=history)
 
 
-def config_dict(config: SearchConfig) -> dict:
-    return asdict(config)
+def _original_accuracy(base: nn.Module, problem: TargetProblem, splits: dict, normalize: Normalize,
+                       device: torch.device, output_layer: str | None) -> tuple[dict[str, float], int]:
+    """The unmodified model's accuracy per split (the search's target) and its number of outputs."""
+    acc = {}
+    for split, (x, y) in splits.items():
+        logits = predict(base, x, normalize, device=device)
+        if output_layer is None:
+            acc[split] = original_accuracy(logits, y, kind=problem.kind, source_classes=problem.source_classes)
+        else:
+            acc[split] = accuracy(logits, y)
+    return acc, logits.shape[1]

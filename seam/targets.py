@@ -9,33 +9,23 @@ Spec forms under `targets:` in params.yaml (name -> spec, exactly one kind key):
 
 from __future__ import annotations
 
-import os
-import pickle
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from seam.atomic import save_torch
 from seam.datasets import RawDataset
-from seam.errors import SeamError
+from seam.problem import TargetError, TargetProblem
 
 KINDS = ("binary", "classes", "superclass")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-TARGET_KEYS = (
-    "train_x", "train_y", "val_x", "val_y", "test_x", "test_y",
-    "class_names", "source_classes", "kind", "name", "dataset", "seed", "val_fraction",
-)  # fmt: skip
-
-
-class TargetError(SeamError, ValueError):
-    """Bad target specification or target file (names the offending target key or file)."""
 
 
 @dataclass
-class TargetProblem:
+class TargetSpec:
+    """A parsed entry of ``targets:``; :func:`build_target` turns it into a :class:`TargetProblem`."""
+
     name: str
     kind: str  # "binary" | "classes" | "superclass"
     source_classes: list[int]  # original class indices; for binary: [c]
@@ -72,7 +62,7 @@ def _superclass_members(ref: Any, raw: RawDataset, where: str) -> list[int]:
     return sorted(set(raw.train.labels[raw.train_coarse == s].tolist()))
 
 
-def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetProblem:
+def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise TargetError(f"targets: bad target name {name!r}; must match {NAME_RE.pattern}")
     where = f"targets.{name}"
@@ -83,7 +73,7 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetProblem:
     where = f"{where}.{kind}"
     if kind == "binary":
         c = _class_index(value, raw, where)
-        return TargetProblem(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"])
+        return TargetSpec(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"])
     if kind == "classes":
         if not isinstance(value, list):
             raise TargetError(f"{where}: expected a list of class indices or names, got {value!r}")
@@ -95,10 +85,10 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetProblem:
         idx = _superclass_members(value, raw, where)
     if len(idx) < 2:
         raise TargetError(f"{where}: needs at least 2 classes, got {len(idx)}")
-    return TargetProblem(name, kind, idx, [raw.classes[c] for c in idx])
+    return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx])
 
 
-def _check_present(raw: RawDataset, problem: TargetProblem) -> None:
+def _check_present(raw: RawDataset, problem: TargetSpec) -> None:
     for split, labels in (("train", raw.train.labels), ("test", raw.test.labels)):
         counts = torch.bincount(labels, minlength=len(raw.classes))
         for c in problem.source_classes:
@@ -106,7 +96,7 @@ def _check_present(raw: RawDataset, problem: TargetProblem) -> None:
                 raise TargetError(f"targets.{problem.name}: class {raw.classes[c]!r} ({c}) has no {split} images")
 
 
-def parse_targets(specs: dict, raw: RawDataset) -> list[TargetProblem]:
+def parse_targets(specs: dict, raw: RawDataset) -> list[TargetSpec]:
     """Validate every target spec against `raw`; return the problems in spec order."""
     if not isinstance(specs, dict):
         raise TargetError(f"targets: expected a mapping name -> spec, got {specs!r}")
@@ -137,13 +127,9 @@ def _subset_split(labels: torch.Tensor, classes: list[int], n_classes: int) -> t
     return idx, new[idx]
 
 
-def build_target(raw: RawDataset, problem: TargetProblem, *, seed: int, val_fraction: float) -> dict:
+def build_target(raw: RawDataset, problem: TargetSpec, *, seed: int, val_fraction: float) -> TargetProblem:
     """Build the train/val/test tensors of a target problem (deterministic in `seed`)."""
     where = f"targets.{problem.name}"
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
-        raise TargetError(f"{where}: val_fraction must be a number in [0, 1), got {val_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TargetError(f"{where}: seed must be an integer, got {seed!r}")
     _check_present(raw, problem)
     gen = torch.Generator().manual_seed(seed)
     splits = {}
@@ -173,64 +159,18 @@ def build_target(raw: RawDataset, problem: TargetProblem, *, seed: int, val_frac
         return imgs.index_select(0, pos)
 
     test_idx, test_y = splits["test"]
-    return {
-        "train_x": take(raw.train.images, train_idx[keep_pos]),
-        "train_y": train_y[keep_pos].clone(),
-        "val_x": take(raw.train.images, train_idx[val_pos]),
-        "val_y": train_y[val_pos].clone(),
-        "test_x": take(raw.test.images, test_idx),
-        "test_y": test_y.clone(),
-        "class_names": list(problem.class_names),
-        "source_classes": [int(c) for c in problem.source_classes],
-        "kind": problem.kind,
-        "name": problem.name,
-        "dataset": raw.name,
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-    }
-
-
-def save_target(data: dict, path: str | os.PathLike) -> None:
-    """Write a `build_target` dict atomically with torch.save."""
-    missing = [k for k in TARGET_KEYS if k not in data]
-    if missing:
-        raise TargetError(f"{path}: not a target dict, missing keys {missing}")
-    save_torch(data, path)
-
-
-def load_target(path: str | os.PathLike) -> dict:
-    """Load a target file written by `save_target` (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TargetError(f"{path}: target file not found (run the prepare stage)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise TargetError(f"{path}: not a target file: {e}") from e
-    missing = [k for k in TARGET_KEYS if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise TargetError(f"{path}: not a target file, missing keys {missing}")
-    return data
-
-
-def subsample(data: dict, per_class: dict[str, int], *, seed: int) -> dict:
-    """A copy of a built target with at most ``per_class[split]`` images of each label per split.
-
-    Drawn without replacement with a generator seeded by ``seed`` (keeping the original
-    order), so a smaller, CPU-sized version of a problem is the same every run.
-    """
-    out = dict(data)
-    gen = torch.Generator().manual_seed(seed)
-    for split, n in per_class.items():
-        if n is None:
-            continue
-        if not isinstance(n, int) or n < 1:
-            raise TargetError(f"{data.get('name', 'target')}: images per class for {split} must be a positive integer, got {n!r}")
-        x, y = data[f"{split}_x"], data[f"{split}_y"]
-        keep = []
-        for label in torch.unique(y):
-            idx = torch.nonzero(y == label).flatten()
-            keep.append(idx[torch.randperm(len(idx), generator=gen)[:n]])
-        order = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
-        out[f"{split}_x"], out[f"{split}_y"] = x[order], y[order]
-    return out
+    return TargetProblem(
+        train_x=take(raw.train.images, train_idx[keep_pos]),
+        train_y=train_y[keep_pos].clone(),
+        val_x=take(raw.train.images, train_idx[val_pos]),
+        val_y=train_y[val_pos].clone(),
+        test_x=take(raw.test.images, test_idx),
+        test_y=test_y.clone(),
+        class_names=list(problem.class_names),
+        source_classes=[int(c) for c in problem.source_classes],
+        kind=problem.kind,
+        name=problem.name,
+        dataset=raw.name,
+        seed=int(seed),
+        val_fraction=float(val_fraction),
+    )

@@ -10,27 +10,22 @@ from seam.adversarial import feature_extractor, generate_adversarial
 from seam.atomic import save_torch
 from seam.device import resolve_device
 from seam.errors import run_stage
-from seam.params import get, load_params
+from seam.params import load_params
 from seam.pretrained import check_images, load_pretrained
-from seam.targets import load_target
-
-DATA = Path("data/defects/target.pt")
-OUT = Path("data/defects/adversarial.pt")
-NUMBER = (int, float)
+from seam.problem import TargetProblem
 
 
-def main() -> None:
+def main(problem_file: Path, pretrained_dir: Path, out: Path) -> None:
     params = load_params()
-    data = load_target(DATA)
-    spec, pretrained, _ = load_pretrained()
-    check_images(spec, data, str(DATA))
-    attack = {k: get(params, f"defects.attack.{k}", t)
-              for k, t in {"eps": NUMBER, "nb_iter": int, "eps_iter": NUMBER, "batch_size": int}.items()}
-    clip = tuple(get(params, "defects.attack.clip", list))
-    adv = generate_adversarial(feature_extractor(pretrained, spec.classifier), data["test_x"], mean=spec.mean,
-                               std=spec.std, clip=clip, seed=get(params, "seed", int),
-                               device=resolve_device(get(params, "reengineer.device", str)), **attack)
-    save_torch({"inputs": adv, "labels": data["test_y"], "attack": {**attack, "clip": list(clip)}}, OUT)
+    problem = TargetProblem.load(problem_file)
+    spec, pretrained, _ = load_pretrained(pretrained_dir)
+    check_images(spec, problem, str(problem_file))
+    attack = params.defects.attack.model_dump(exclude={"clip"})
+    clip = tuple(params.defects.attack.clip)
+    adv = generate_adversarial(feature_extractor(pretrained, spec.classifier), problem.test_x, mean=spec.mean,
+                               std=spec.std, clip=clip, seed=params.seed, device=resolve_device(params.device),
+                               **attack)
+    save_torch({"inputs": adv, "labels": problem.test_y, "attack": {**attack, "clip": list(clip)}}, out)
     print(f"{len(adv)} adversarial test inputs (eps {attack['eps']}, {attack['nb_iter']} PGD steps)")
 
 

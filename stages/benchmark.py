@@ -14,14 +14,11 @@ import numpy as np
 import torch
 
 from seam.atomic import write_json
-from seam.compact import compact
 from seam.errors import run_stage
+from seam.exported import load_compact
 from seam.latency import EngineUnavailable, deepsparse_runner, engine_versions, interleaved, onnxruntime_runner
-from seam.params import get, load_params
+from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
-
-ONNX = Path("models/onnx")
-OUT = Path("results/latency.json")
 
 
 def torch_runner(model: torch.nn.Module):
@@ -34,21 +31,22 @@ def torch_runner(model: torch.nn.Module):
     return run
 
 
-def main() -> None:
+def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Path) -> None:
     params = load_params()
-    batch = get(params, "export.batch", int)
-    cfg = {key: get(params, f"benchmark.{key}", int) for key in ("iterations", "warmup", "pairs")}
-    cores = get(params, "benchmark.num_cores", (int, type(None)))
+    batch = params.export.batch
+    cfg = params.benchmark.model_dump(exclude={"num_cores"})
+    cores = params.benchmark.num_cores
     cores_used = cores or os.cpu_count()
     torch.set_num_threads(cores_used)
-    spec, original, info = load_pretrained()
-    x = np.random.default_rng(get(params, "seed", int)).standard_normal(
+    spec, original, info = load_pretrained(pretrained_dir)
+    x = np.random.default_rng(params.seed).standard_normal(
         (batch, 3, spec.input_size, spec.input_size)).astype(np.float32)  # the same input for every model
 
     result = {"batch": batch, "cores": cores_used, **cfg, "engines": {**engine_versions(), "torch": torch.__version__},
               "targets": {}}
-    for name in get(params, "targets", dict):
-        original_onnx, masked_onnx, compact_onnx = ONNX / "original.onnx", ONNX / f"{name}.onnx", ONNX / f"{name}.compact.onnx"
+    for name in params.targets:
+        original_onnx = export_dir / "original.onnx"
+        masked_onnx, compact_onnx = export_dir / f"{name}.onnx", export_dir / f"{name}.compact.onnx"
         entry = {}
         try:
             entry["deepsparse"] = interleaved(deepsparse_runner(original_onnx, batch, cores),
@@ -59,8 +57,8 @@ def main() -> None:
         entry["onnxruntime"] = interleaved(ort_original, onnxruntime_runner(masked_onnx, batch, cores), x, **cfg).summary()
         entry["compact_onnxruntime"] = interleaved(ort_original, onnxruntime_runner(compact_onnx, batch, cores), x,
                                                    **cfg).summary()
-        masked = load_reengineered(name, original, info)
-        compacted, _ = compact(masked, torch.zeros(1, 3, spec.input_size, spec.input_size))
+        masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
+        compacted = load_compact(export_dir / f"{name}.compact.pt2")
         entry["compact_torch"] = interleaved(torch_runner(masked), torch_runner(compacted), x, **cfg).summary()
         result["targets"][name] = entry
         for engine, summary in entry.items():
@@ -69,7 +67,7 @@ def main() -> None:
             else:
                 print(f"{name} {engine}: {summary['ms_a']:.2f} -> {summary['ms_b']:.2f} ms/batch "
                       f"(median pair ratio {summary['ratio_median']:.3f}, reduction {summary['reduction']:.1%})")
-    write_json(result, OUT)
+    write_json(result, out)
 
 
 if __name__ == "__main__":

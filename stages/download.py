@@ -1,4 +1,4 @@
-"""DVC stage `download`: the raw dataset, verified, into data/raw/."""
+"""DVC stage `download`: the raw dataset, verified, into OUT."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ from pathlib import Path
 
 from seam.datasets import download_dataset
 from seam.errors import run_stage
-from seam.params import get, load_params
-
-OUT = Path("data/raw")
+from seam.params import load_params
 
 
-def main() -> None:
+def main(out: Path) -> None:
     params = load_params()
-    download_dataset(get(params, "dataset", dict), OUT)
-    print(f"dataset {get(params, 'dataset.name', str)} -> {OUT}")
+    download_dataset(params.dataset.model_dump(), out)
+    print(f"dataset {params.dataset.name} -> {out}")
 
 
 if __name__ == "__main__":

@@ -8,29 +8,23 @@ from seam.accuracy import accuracy, original_accuracy, predict
 from seam.artifact import build_reengineered, load_artifact
 from seam.atomic import write_json
 from seam.augment import Normalize
-from seam.masking import count_kept
 from seam.errors import run_stage
-from seam.params import get, load_params
+from seam.masking import count_kept
+from seam.params import load_params
 from seam.pretrained import load_pretrained
-from seam.targets import load_target
-
-PREPARED = Path("data/prepared")
-REENGINEERED = Path("models/reengineered")
-OUT = Path("metrics/reengineering.json")
+from seam.problem import TargetProblem
 
 
-def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
-    data = load_target(PREPARED / f"{name}.pt")
-    artifact = load_artifact(REENGINEERED / f"{name}.pt")
-    model = build_reengineered(original, artifact, model_sha256=model_sha256)  # artifact's metadata is used below
+def evaluate_target(problem: TargetProblem, artifact: dict, original, spec, model_sha256: str) -> dict:
+    model = build_reengineered(original, artifact, model_sha256=model_sha256)
     normalize = Normalize(spec.mean, spec.std)
-    x, y = data["test_x"], data["test_y"]
+    x, y = problem.test_x, problem.test_y
     logits_original = predict(original, x, normalize)
-    rule = {"kind": data["kind"], "source_classes": data["source_classes"]}
+    rule = {"kind": problem.kind, "source_classes": problem.source_classes}
     kept, total = count_kept(artifact["masks"])
     meta = artifact["meta"]
     return {
-        "kind": data["kind"],
+        "kind": problem.kind,
         "n_test": len(y),
         "acc_original": original_accuracy(logits_original, y, **rule),
         "acc_original_fair": original_accuracy(logits_original, y, **rule, fair=True),
@@ -44,11 +38,14 @@ def evaluate_target(name: str, original, spec, model_sha256: str) -> dict:
     }
 
 
-def main() -> None:
+def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out: Path) -> None:
     params = load_params()
-    names = list(get(params, "targets", dict))
-    spec, original, info = load_pretrained()
-    per_target = {name: evaluate_target(name, original, spec, info["sha256"]) for name in names}
+    spec, original, info = load_pretrained(pretrained_dir)
+    per_target = {
+        name: evaluate_target(TargetProblem.load(prepared_dir / f"{name}.pt"),
+                              load_artifact(reengineered_dir / f"{name}.pt"), original, spec, info["sha256"])
+        for name in params.targets
+    }
 
     def mean(key: str) -> float:
         return sum(t[key] for t in per_target.values()) / len(per_target)
@@ -62,7 +59,7 @@ def main() -> None:
         "model": spec.name,
         "targets": per_target,
     }
-    write_json(metrics, OUT)
+    write_json(metrics, out)
     for name, t in per_target.items():
         print(f"{name}: original {t['acc_original']:.4f} -> re-engineered {t['acc_reengineered']:.4f}, "
               f"weights kept {t['weights_kept']}/{t['weights_total']} ({t['weight_retention']:.2%})")

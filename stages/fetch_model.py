@@ -1,4 +1,4 @@
-"""DVC stage `fetch_model`: the pretrained checkpoint, hash-verified, into models/pretrained/."""
+"""DVC stage `fetch_model`: the pretrained checkpoint, hash-verified, into OUT (model.pt + model.json)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,20 @@ from pathlib import Path
 from seam.atomic import write_json
 from seam.download import file_digest
 from seam.errors import run_stage
-from seam.params import get, load_params
+from seam.params import load_params
 from seam.registry import fetch_model, get_spec, load_model
 
-OUT = Path("models/pretrained")
 
-
-def main() -> None:
+def main(out: Path) -> None:
     params = load_params()
-    name = get(params, "model.name", str)
+    name = params.model.name
     spec = get_spec(name)
-    checkpoint = fetch_model(name, OUT / "model.pt")
+    checkpoint = fetch_model(name, out / "model.pt")
     load_model(spec, checkpoint)  # fail here, not three stages later, if it does not fit
     write_json(
         {"name": name, "url": spec.url, "sha256": file_digest(checkpoint), "num_classes": spec.num_classes,
          "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.input_size},
-        OUT / "model.json",
+        out / "model.json",
     )
     print(f"{name}: {checkpoint} verified")
 

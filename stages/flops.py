@@ -5,28 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from seam.atomic import write_json
-from seam.compact import compact
 from seam.errors import run_stage
+from seam.exported import load_compact
 from seam.flops import count_flops, count_weights
-from seam.params import get, load_params
+from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
 
-OUT = Path("results/flops.json")
 
-
-def main() -> None:
+def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Path) -> None:
     params = load_params()
-    spec, original, info = load_pretrained()
+    spec, original, info = load_pretrained(pretrained_dir)
     size = spec.input_size
     flops_original = count_flops(original, size)
     _, weights_original = count_weights(original)
     per_target = {}
-    for name in get(params, "targets", dict):
-        masked = load_reengineered(name, original, info)
-        compacted, _ = compact(masked, torch.zeros(1, 3, size, size))
+    for name in params.targets:
+        masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
+        compacted = load_compact(export_dir / f"{name}.compact.pt2")
         kept, total = count_weights(masked.original)  # Table I: the head is not counted
         flops_re = count_flops(masked, size, nonzero_only=True)
         flops_compact = count_flops(compacted, size)
@@ -44,7 +40,7 @@ def main() -> None:
         t = per_target[name]
         print(f"{name}: FLOPs {flops_original / 1e6:.2f}M -> {flops_re / 1e6:.2f}M masked "
               f"({t['flops_reduction']:.1%} less), {flops_compact / 1e6:.2f}M compact; weights kept {kept}/{total}")
-    write_json({"model": spec.name, "input_size": size, "targets": per_target}, OUT)
+    write_json({"model": spec.name, "input_size": size, "targets": per_target}, out)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,7 @@ from pathlib import Path
 
 from seam.atomic import write_json
 from seam.errors import run_stage
-from seam.params import get, load_params
-
-FLOPS = Path("results/flops.json")
-LATENCY = Path("results/latency.json")
-OUT = Path("metrics/overhead.json")
+from seam.params import load_params
 
 # metrics key prefix -> (engine entry in latency.json, what A and B are)
 ENGINES = {
@@ -39,10 +35,10 @@ def target_metrics(flops: dict, latency: dict) -> dict:
     return out
 
 
-def main() -> None:
+def main(flops_file: Path, latency_file: Path, out: Path) -> None:
     params = load_params()
-    flops, latency = json.loads(FLOPS.read_text()), json.loads(LATENCY.read_text())
-    names = list(get(params, "targets", dict))
+    names = list(params.targets)
+    flops, latency = json.loads(flops_file.read_text()), json.loads(latency_file.read_text())
     per_target = {n: target_metrics(flops["targets"][n], latency["targets"][n]) for n in names}
     numeric = [k for k, v in per_target[names[0]].items()
                if isinstance(v, (int, float)) and all(isinstance(t.get(k), (int, float)) for t in per_target.values())]
@@ -50,7 +46,7 @@ def main() -> None:
     # A reduction of means is not the mean of reductions; the top level reports the mean per-target figure.
     unavailable = {k: v for k, v in per_target[names[0]].items() if isinstance(v, str)}
     write_json({**means, **unavailable, "n_targets": len(names), "batch": latency["batch"], "cores": latency["cores"],
-                "engines": latency["engines"], "targets": per_target}, OUT)
+                "engines": latency["engines"], "targets": per_target}, out)
     print(json.dumps({k: round(v, 4) for k, v in means.items() if "reduction" in k}))
 
 

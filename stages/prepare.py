@@ -7,26 +7,21 @@ from pathlib import Path
 
 from seam.datasets import load_dataset
 from seam.errors import run_stage
-from seam.params import get, load_params
-from seam.targets import build_target, parse_targets, save_target
-
-RAW = Path("data/raw")
-OUT = Path("data/prepared")
+from seam.params import load_params
+from seam.targets import build_target, parse_targets
 
 
-def main() -> None:
+def main(raw_dir: Path, out: Path) -> None:
     params = load_params()
-    raw = load_dataset(get(params, "dataset", dict), RAW)
-    problems = parse_targets(get(params, "targets", dict), raw)  # validate every target before writing any
-    seed = get(params, "seed", int)
-    val_fraction = get(params, "prepare.val_fraction", (int, float))
+    raw = load_dataset(params.dataset.model_dump(), raw_dir)
+    specs = parse_targets(params.targets, raw)  # validate every target before writing any
     # Stale files of removed targets must not linger in a DVC output.
-    shutil.rmtree(OUT, ignore_errors=True)
-    for problem in problems:
-        data = build_target(raw, problem, seed=seed, val_fraction=val_fraction)
-        save_target(data, OUT / f"{problem.name}.pt")
-        print(f"{problem.name}: {problem.kind} {problem.class_names} "
-              f"train {len(data['train_y'])} val {len(data['val_y'])} test {len(data['test_y'])}")
+    shutil.rmtree(out, ignore_errors=True)
+    for spec in specs:
+        problem = build_target(raw, spec, seed=params.seed, val_fraction=params.prepare.val_fraction)
+        problem.save(out / f"{spec.name}.pt")
+        print(f"{spec.name}: {spec.kind} {spec.class_names} "
+              f"train {len(problem.train_y)} val {len(problem.val_y)} test {len(problem.test_y)}")
 
 
 if __name__ == "__main__":

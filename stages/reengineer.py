@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -12,62 +13,50 @@ from seam.artifact import save_artifact
 from seam.atomic import write_csv
 from seam.device import resolve_device
 from seam.errors import run_stage
-from seam.params import ParamsError, get, load_params
+from seam.params import ParamsError, load_params
 from seam.pretrained import load_pretrained
-from seam.search import SearchConfig, config_dict, search
-from seam.targets import load_target
-
-PREPARED = Path("data/prepared")
-OUT = Path("models/reengineered")
-PLOTS = Path("plots/reengineer")
-NUMBER = (int, float)
-SEARCH_KEYS = {"lr_mask": NUMBER, "lr_head": NUMBER, "batch_size": int, "max_epochs": int, "early_stop": int,
-               "select_on": str}
+from seam.problem import TargetProblem
+from seam.search import SearchConfig, search
+from seam.selection import AccuracyTarget
 
 
-def main(target: str) -> None:
+def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path) -> None:
     params = load_params()
-    if target not in get(params, "targets", dict):
-        raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params['targets'])})")
-    try:
-        config = SearchConfig(
-            alpha=float(get(params, "alpha", NUMBER)),
-            seed=get(params, "seed", int),
-            **{key: get(params, f"reengineer.{key}", kind) for key, kind in SEARCH_KEYS.items()},
-        )
-        device = resolve_device(get(params, "reengineer.device", str))
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ParamsError):
-            raise
-        raise ParamsError(f"params.yaml: reengineer: {exc}") from exc
-    data = load_target(PREPARED / f"{target}.pt")
-    if config.select_on == "val" and len(data["val_y"]) == 0:
-        raise ParamsError("params.yaml: reengineer.select_on is 'val' but prepare.val_fraction is 0 "
+    if target not in params.targets:
+        raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
+    p = params.reengineer
+    config = SearchConfig(alpha=params.alpha, lr_mask=p.lr_mask, lr_head=p.lr_head, batch_size=p.batch_size,
+                          max_epochs=p.max_epochs, select_on=params.select_on, seed=params.seed)
+    device = resolve_device(params.device)
+    problem = TargetProblem.load(problem_file)
+    if params.select_on == "val" and len(problem.val_y) == 0:
+        raise ParamsError("params.yaml: select_on is 'val' but prepare.val_fraction is 0 "
                           "(no validation images); set val_fraction > 0 or select_on: test")
-    spec, original, info = load_pretrained()
+    spec, original, info = load_pretrained(pretrained_dir)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on the CPU
 
     rows: list[dict] = []
-    log_path = PLOTS / f"{target}.csv"
 
     def on_epoch(row: dict) -> None:
         rows.append(row)
-        write_csv(rows, log_path)  # rewritten each epoch, so a long run can be watched
+        write_csv(rows, log)  # rewritten each epoch, so a long run can be watched
 
-    print(f"re-engineering {spec.name} for {target} ({data['class_names']}) on {device}", file=sys.stderr)
+    print(f"re-engineering {spec.name} for {target} ({problem.class_names}) on {device}", file=sys.stderr)
     start = time.perf_counter()
-    result = search(original, data, mean=spec.mean, std=spec.std, config=config, device=device, on_epoch=on_epoch)
+    result = search(original, problem, mean=spec.mean, std=spec.std, config=config,
+                    stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     save_artifact(
-        OUT / f"{target}.pt",
+        out,
         masks=result.masks,
         head=result.head,
         meta={
             "model": spec.name,
             "model_sha256": info["sha256"],
             "num_outputs": spec.num_classes,
-            "target": {k: data[k] for k in ("name", "kind", "source_classes", "class_names", "dataset")},
-            "search": config_dict(config),
+            "target": {"name": problem.name, "kind": problem.kind, "source_classes": problem.source_classes,
+                       "class_names": problem.class_names, "dataset": problem.dataset},
+            "search": {**asdict(config), "early_stop": p.early_stop},
             "selected_epoch": result.selected_epoch,
             "epochs_run": len(result.history),
             "reached_target": result.reached_target,
@@ -83,6 +72,4 @@ def main(target: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python stages/reengineer.py <target name from params.yaml>")
-    run_stage(main, sys.argv[1])
+    run_stage(main)

@@ -34,7 +34,7 @@ class TinyNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def tiny_target(n_train: int = 64, n_val: int = 32, n_test: int = 32, size: int = 8, seed: int = 0) -> dict:
+def tiny_target(n_train: int = 64, n_val: int = 32, n_test: int = 32, size: int = 8, seed: int = 0):
     """A synthetic binary target problem whose label is visible in the images (class 0 bright)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -45,6 +45,8 @@ def tiny_target(n_train: int = 64, n_val: int = 32, n_test: int = 32, size: int 
         return x.to(torch.uint8), y
 
     (trx, try_), (vx, vy), (tx, ty) = split(n_train), split(n_val), split(n_test)
-    return {"train_x": trx, "train_y": try_, "val_x": vx, "val_y": vy, "test_x": tx, "test_y": ty,
-            "kind": "binary", "source_classes": [0], "class_names": ["zero", "not zero"], "name": "tiny",
-            "dataset": "synthetic"}
+    from seam.problem import TargetProblem
+
+    return TargetProblem(train_x=trx, train_y=try_, val_x=vx, val_y=vy, test_x=tx, test_y=ty,
+                         class_names=["zero", "not zero"], source_classes=[0], kind="binary", name="tiny",
+                         dataset="synthetic", seed=seed, val_fraction=0.0)

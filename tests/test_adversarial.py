@@ -28,7 +28,7 @@ def _net(seed: int = 0, **kw) -> TinyNet:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return tiny_target(n_train=4, n_val=2, n_test=12)["test_x"]
+    return tiny_target(n_train=4, n_val=2, n_test=12).test_x
 
 
 def _graded(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -476,5 +476,5 @@ def test_real_cifar10_jpeg(tmp_path: Path, real_archive: Path) -> None:
     assert elapsed < 45
     (problem,) = parse_targets({"airplane": {"binary": "airplane"}}, raw)
     data = build_target(raw, problem, seed=0, val_fraction=0.1)
-    assert len(data["train_y"]) + len(data["val_y"]) == 10000 and len(data["test_y"]) == 2000
-    assert len(data["val_y"]) == 1000 and torch.bincount(data["val_y"]).tolist() == [500, 500]
+    assert len(data.train_y) + len(data.val_y) == 10000 and len(data.test_y) == 2000
+    assert len(data.val_y) == 1000 and torch.bincount(data.val_y).tolist() == [500, 500]

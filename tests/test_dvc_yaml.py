@@ -13,25 +13,36 @@ from conftest import REPO
 
 
 def seam_imports(path: Path) -> set[str]:
-    """seam/ module files imported by `path`, transitively."""
+    """seam/ modules imported by `path`, transitively: module files, or a package's folder
+    (a DVC dep on the folder covers every file in it)."""
     seen: set[str] = set()
     todo = [path]
     while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
+        file = todo.pop()
+        package = ".".join(file.resolve().relative_to(REPO).parent.parts)
+        for node in ast.walk(ast.parse(file.read_text())):
             names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import: resolve against the file's package
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{parent}.{base}".rstrip(".")
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             for name in names:
-                rel = name.replace(".", "/") + ".py"
-                if (REPO / name.replace(".", "/") / "__init__.py").exists():  # a package
-                    rel = name.replace(".", "/") + "/__init__.py"
-                if name.startswith("seam") and (REPO / rel).exists() and rel not in seen and rel != "seam/__init__.py":
+                if not name.startswith("seam.") or name == "seam":
+                    continue
+                rel = name.replace(".", "/")
+                if (REPO / rel).is_dir() and rel not in seen:  # a package
                     seen.add(rel)
-                    todo.append(REPO / rel)
-    return seen
+                    todo.extend(sorted((REPO / rel).glob("*.py")))
+                elif (REPO / f"{rel}.py").exists() and f"{rel}.py" not in seen \
+                        and not any(f"{rel}.py".startswith(f"{pkg}/") for pkg in seen):
+                    seen.add(f"{rel}.py")
+                    todo.append(REPO / f"{rel}.py")
+    # A module inside a listed package is covered by the package.
+    return {m for m in seen if not any(m.startswith(f"{pkg}/") for pkg in seen if pkg != m)}
 
 
 def stages() -> dict[str, dict]:
@@ -50,21 +61,50 @@ def test_every_stage_depends_on_the_code_it_runs():
         assert not extra, f"stage {name} lists {sorted(extra)} as deps but never imports them"
 
 
-def test_stages_list_only_params_they_read():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name, stage in stages().items():
-        script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
-        text = (REPO / script).read_text()
-        for key in stage.get("params", []):
-            top = key.split(".")[0]
-            assert top in params, f"{name}: param {key} not in params.yaml"
-            # The stage reads the section by name (get(params, "section...")).
-            assert re.search(rf'"{top}[."]', text), f"{name} lists param {key} but {script} never reads it"
+def params_read(script: Path) -> set[str]:
+    """Key paths a stage reads from the params object: ``params.a.b`` -> ``a.b`` (a method call ends a path)."""
+    text = script.read_text()
+    read = set()
+    for m in re.finditer(r"\bparams((?:\.(?!yaml\b)\w+)+)", text):
+        parts = m.group(1).lstrip(".").split(".")
+        if text[m.end():m.end() + 1] == "(":
+            parts = parts[:-1]
+        read.add(".".join(parts))
+    return read
 
 
-def test_stages_list_every_param_they_read():
+def covers(listed: str, read: str) -> bool:
+    return read == listed or read.startswith(listed + ".")
+
+
+def test_stages_list_exactly_the_params_they_read():
+    # Stages that run one script with different arguments (finetune standard|seam) read only
+    # their branch's params: there the script's reads must be listed by one of them.
+    listed_by_script: dict[str, set[str]] = {}
     for name, stage in stages().items():
         script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
-        read = set(re.findall(r'get\(params, f?"(\w+)', (REPO / script).read_text()))
-        listed = {key.split(".")[0] for key in stage.get("params", [])}
-        assert read <= listed, f"{name} reads params {sorted(read - listed)} that dvc.yaml does not list"
+        listed = stage.get("params", [])
+        listed_by_script.setdefault(script, set()).update(listed)
+        read = params_read(REPO / script)
+        for key in listed:
+            assert any(covers(key, r) or key == "targets.${key}" for r in read), \
+                f"{name} lists param {key} but {script} never reads it"
+    for script, listed in listed_by_script.items():
+        for key in params_read(REPO / script):
+            # `targets.${key}`: a foreach stage reads its own target (and the names of all).
+            assert any(covers(l, key) or (key == "targets" and l == "targets.${key}") for l in listed), \
+                f"{script} reads params {key} that no stage running it lists in dvc.yaml"
+
+
+def test_stage_paths_are_on_the_command_line():
+    """Every data input and output of a stage is named in its cmd (the stage holds no project paths)."""
+    for name, stage in stages().items():
+        paths = [d for d in stage["deps"] if not d.startswith(("seam/", "stages/"))]
+        for key in ("outs", "metrics", "plots"):
+            paths += [next(iter(o)) if isinstance(o, dict) else o for o in stage.get(key, [])]
+        args = stage["cmd"].split()
+        for path in paths:
+            assert path in args, f"{name}: {path} is not on its command line"
+    for script in (REPO / "stages").glob("*.py"):
+        assert not re.search(r'Path\("(data|models|metrics|plots|results)/', script.read_text()), script
+    assert not re.search(r'"models/', (REPO / "seam" / "pretrained.py").read_text())

@@ -65,11 +65,13 @@ def pipeline(tmp_path_factory):
     params["dataset"] = {"name": "imagefolder", "source": str(root / "tiny"), "sha256": None}
     params["targets"] = {"airplane": {"binary": 0}, "trio": {"classes": [0, 1, 2]}}
     params["prepare"]["val_fraction"] = 0.25
-    params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1, device="cpu")
+    params["device"] = "cpu"
+    params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1)
     params["benchmark"].update(iterations=2, warmup=1, pairs=2)
     params["defects"].update(target={"classes": [1, 2]}, train_per_class=16, test_per_class=8)
     params["defects"]["finetune"].update(max_epochs=2, batch_size=8)
-    params["defects"]["seam"].update(head_epochs=1, max_epochs=3, lr_mask=0.2, threshold=0.05)
+    params["defects"]["seam"]["output_layer"].update(max_epochs=1)
+    params["defects"]["seam"]["reengineer"].update(batch_size=8, max_epochs=3, lr_mask=0.2, threshold=0.05)
     params["defects"]["attack"].update(nb_iter=2, batch_size=8)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -120,7 +122,8 @@ def test_overhead_metrics_are_well_formed(pipeline):
         check = export["targets"][name]["compact_check"]
         assert check["identical_predictions"] == check["test_images"] > 0
         for kind in ("", ".compact"):
-            assert (repo / f"models/onnx/{name}{kind}.onnx").stat().st_size > 0
+            assert (repo / f"models/export/{name}{kind}.onnx").stat().st_size > 0
+        assert (repo / f"models/export/{name}.compact.pt2").stat().st_size > 0
 
 
 def test_defect_inheritance_metrics_are_well_formed(pipeline):

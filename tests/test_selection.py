@@ -1,4 +1,4 @@
-from seam.selection import Selector
+from seam.selection import AccuracyTarget as Selector
 
 
 def run(selector, rows):

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from seam.datasets import ImageSet, RawDataset
-from seam.targets import (
-    TARGET_KEYS,
-    TargetError,
-    TargetProblem,
-    build_target,
-    load_target,
-    parse_targets,
-    save_target,
-)
+from seam.problem import TargetError, TargetProblem
+from seam.targets import TargetSpec, build_target, parse_targets
 
 CLASSES = ["a", "b", "c", "d", "e", "f"]
 TRAIN_COUNTS = [20, 13, 9, 7, 5, 11]
@@ -74,10 +68,10 @@ def test_parse_all_kinds() -> None:
     }
     problems = parse_targets(specs, raw)
     assert [p.name for p in problems] == list(specs)
-    assert problems[0] == TargetProblem("b-idx", "binary", [2], ["c", "not c"])
-    assert problems[1] == TargetProblem("b_name", "binary", [3], ["d", "not d"])
-    assert problems[2] == TargetProblem("sub", "classes", [4, 0, 2], ["e", "a", "c"])
-    assert problems[3] == TargetProblem("super1", "superclass", [2, 3, 4], ["c", "d", "e"])
+    assert problems[0] == TargetSpec("b-idx", "binary", [2], ["c", "not c"])
+    assert problems[1] == TargetSpec("b_name", "binary", [3], ["d", "not d"])
+    assert problems[2] == TargetSpec("sub", "classes", [4, 0, 2], ["e", "a", "c"])
+    assert problems[3] == TargetSpec("super1", "superclass", [2, 3, 4], ["c", "d", "e"])
     assert problems[4].source_classes == [0, 1]
     assert parse_targets({}, raw) == []
 
@@ -136,11 +130,11 @@ def test_parse_class_without_test_images() -> None:
 def test_binary_target_balanced_from_other_classes(raw: RawDataset) -> None:
     (p,) = parse_targets({"one_vs_rest": {"binary": "b"}}, raw)
     data = build_target(raw, p, seed=3, val_fraction=0.0)
-    assert data["class_names"] == ["b", "not b"] and data["source_classes"] == [1]
-    assert data["kind"] == "binary" and data["name"] == "one_vs_rest" and data["dataset"] == "synthetic"
-    assert data["seed"] == 3 and data["val_fraction"] == 0.0
+    assert data.class_names == ["b", "not b"] and data.source_classes == [1]
+    assert data.kind == "binary" and data.name == "one_vs_rest" and data.dataset == "synthetic"
+    assert data.seed == 3 and data.val_fraction == 0.0
     for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
-        x, y = data[f"{split}_x"], data[f"{split}_y"]
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
         assert x.dtype == torch.uint8 and x.shape[1:] == (3, 2, 2) and y.dtype == torch.int64
         assert torch.bincount(y).tolist() == [counts[1], counts[1]]
         orig = original_labels(x)
@@ -151,8 +145,8 @@ def test_binary_target_balanced_from_other_classes(raw: RawDataset) -> None:
         )
         assert len(set(original_index(x))) == len(y)
         assert set(x[:, 1].flatten().tolist()) == {0 if split == "train" else 1}
-    assert data["val_x"].shape == (0, 3, 2, 2) and data["val_x"].dtype == torch.uint8
-    assert data["val_y"].shape == (0,) and data["val_y"].dtype == torch.int64
+    assert data.val_x.shape == (0, 3, 2, 2) and data.val_x.dtype == torch.uint8
+    assert data.val_y.shape == (0,) and data.val_y.dtype == torch.int64
 
 
 def test_binary_negatives_are_random_over_other_classes() -> None:
@@ -162,7 +156,7 @@ def test_binary_negatives_are_random_over_other_classes() -> None:
     seen: set[int] = set()
     for seed in range(200):
         d = build_target(raw, p, seed=seed, val_fraction=0.0)
-        neg = [i for i, lab in zip(original_index(d["train_x"]), d["train_y"].tolist()) if lab == 1]
+        neg = [i for i, lab in zip(original_index(d.train_x), d.train_y.tolist()) if lab == 1]
         assert len(neg) == len(set(neg)) == 5
         seen.update(neg)
     assert seen == set(torch.nonzero(raw.train.labels != 4).flatten().tolist())
@@ -180,21 +174,21 @@ def test_binary_needs_enough_negatives() -> None:
 def test_classes_target_reindexed_in_given_order(raw: RawDataset) -> None:
     (p,) = parse_targets({"sub": {"classes": ["f", "a", "d"]}}, raw)
     data = build_target(raw, p, seed=0, val_fraction=0.0)
-    assert data["class_names"] == ["f", "a", "d"] and data["source_classes"] == [5, 0, 3]
+    assert data.class_names == ["f", "a", "d"] and data.source_classes == [5, 0, 3]
     for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
-        y = data[f"{split}_y"]
+        y = getattr(data, f"{split}_y")
         assert torch.bincount(y).tolist() == [counts[5], counts[0], counts[3]]
-        assert [[5, 0, 3][lab] for lab in y.tolist()] == original_labels(data[f"{split}_x"])
+        assert [[5, 0, 3][lab] for lab in y.tolist()] == original_labels(getattr(data, f"{split}_x"))
 
 
 def test_superclass_target() -> None:
     raw = make_raw(coarse=True)
     (p,) = parse_targets({"s1": {"superclass": 1}}, raw)
     data = build_target(raw, p, seed=0, val_fraction=0.0)
-    assert data["kind"] == "superclass" and data["class_names"] == ["c", "d", "e"]
-    assert torch.bincount(data["train_y"]).tolist() == TRAIN_COUNTS[2:5]
-    assert torch.bincount(data["test_y"]).tolist() == TEST_COUNTS[2:5]
-    assert [[2, 3, 4][lab] for lab in data["test_y"].tolist()] == original_labels(data["test_x"])
+    assert data.kind == "superclass" and data.class_names == ["c", "d", "e"]
+    assert torch.bincount(data.train_y).tolist() == TRAIN_COUNTS[2:5]
+    assert torch.bincount(data.test_y).tolist() == TEST_COUNTS[2:5]
+    assert [[2, 3, 4][lab] for lab in data.test_y.tolist()] == original_labels(data.test_x)
 
 
 @pytest.mark.parametrize("spec", [{"binary": "a"}, {"classes": [0, 2, 5]}])
@@ -203,16 +197,16 @@ def test_stratified_validation_split(raw: RawDataset, spec: dict) -> None:
     frac = 0.3
     full = build_target(raw, p, seed=1, val_fraction=0.0)
     data = build_target(raw, p, seed=1, val_fraction=frac)
-    n_label = torch.bincount(full["train_y"]).tolist()
-    assert torch.bincount(data["val_y"], minlength=len(n_label)).tolist() == [round(frac * n) for n in n_label]
-    assert (torch.bincount(data["train_y"]) + torch.bincount(data["val_y"], minlength=len(n_label))).tolist() == n_label
+    n_label = torch.bincount(full.train_y).tolist()
+    assert torch.bincount(data.val_y, minlength=len(n_label)).tolist() == [round(frac * n) for n in n_label]
+    assert (torch.bincount(data.train_y) + torch.bincount(data.val_y, minlength=len(n_label))).tolist() == n_label
     # train and val partition the same balanced training images (the negatives are drawn before the split)
-    train_ids, val_ids = original_index(data["train_x"]), original_index(data["val_x"])
+    train_ids, val_ids = original_index(data.train_x), original_index(data.val_x)
     assert not set(train_ids) & set(val_ids)
-    assert sorted(train_ids + val_ids) == sorted(original_index(full["train_x"]))
-    assert torch.equal(data["test_x"], full["test_x"]) and torch.equal(data["test_y"], full["test_y"])
+    assert sorted(train_ids + val_ids) == sorted(original_index(full.train_x))
+    assert torch.equal(data.test_x, full.test_x) and torch.equal(data.test_y, full.test_y)
     # labels travel with their images
-    for x, y in ((data["train_x"], data["train_y"]), (data["val_x"], data["val_y"])):
+    for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y)):
         src = p.source_classes
         expect = [0 if o == src[0] else 1 for o in original_labels(x)] if p.kind == "binary" else [
             src.index(o) for o in original_labels(x)]  # fmt: skip
@@ -225,15 +219,8 @@ def test_same_seed_same_tensors(raw: RawDataset) -> None:
     b = build_target(raw, p, seed=7, val_fraction=0.25)
     c = build_target(raw, p, seed=8, val_fraction=0.25)
     for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
-        assert torch.equal(a[k], b[k]), k
-    assert not all(torch.equal(a[k], c[k]) for k in ("train_x", "val_x", "test_x"))
-
-
-@pytest.mark.parametrize("frac", [1.0, -0.1, 1.5, True, "0.1"])
-def test_bad_val_fraction(raw: RawDataset, frac: object) -> None:
-    (p,) = parse_targets({"t": {"binary": 0}}, raw)
-    with pytest.raises(TargetError, match=r"targets\.t: val_fraction must be a number in \[0, 1\)"):
-        build_target(raw, p, seed=0, val_fraction=frac)  # type: ignore[arg-type]
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert not all(torch.equal(getattr(a, k), getattr(c, k)) for k in ("train_x", "val_x", "test_x"))
 
 
 def test_val_fraction_leaving_no_training_images(raw: RawDataset) -> None:
@@ -245,7 +232,7 @@ def test_val_fraction_leaving_no_training_images(raw: RawDataset) -> None:
 
 
 def test_build_rejects_class_without_images(raw: RawDataset) -> None:
-    p = TargetProblem("hand", "classes", [0, 1], ["a", "b"])
+    p = TargetSpec("hand", "classes", [0, 1], ["a", "b"])
     raw.test.labels[raw.test.labels == 1] = 0
     with pytest.raises(TargetError, match=r"targets\.hand: class 'b' \(1\) has no test images"):
         build_target(raw, p, seed=0, val_fraction=0.0)
@@ -258,46 +245,44 @@ def test_save_load_roundtrip(tmp_path: Path, raw: RawDataset) -> None:
     (p,) = parse_targets({"t": {"classes": [1, 0]}}, raw)
     data = build_target(raw, p, seed=0, val_fraction=0.2)
     path = tmp_path / "sub" / "t.pt"
-    save_target(data, path)
+    data.save(path)
     assert [q.name for q in path.parent.iterdir()] == ["t.pt"]
-    back = load_target(path)
-    assert set(back) == set(TARGET_KEYS)
-    for k, v in data.items():
-        assert torch.equal(back[k], v) if isinstance(v, torch.Tensor) else back[k] == v, k
+    back = TargetProblem.load(path)
+    for f in dataclasses.fields(TargetProblem):
+        v, w = getattr(data, f.name), getattr(back, f.name)
+        assert torch.equal(w, v) if isinstance(v, torch.Tensor) else w == v, f.name
     # copies, not views: the file holds the target's images only, not the whole dataset's storage
     for k in ("train_x", "val_x", "test_x"):
-        assert back[k].untyped_storage().nbytes() == back[k].numel()
+        assert getattr(back, k).untyped_storage().nbytes() == getattr(back, k).numel()
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match=r"nope\.pt: target file not found"):
-        load_target(tmp_path / "nope.pt")
+        TargetProblem.load(tmp_path / "nope.pt")
 
 
 def test_load_not_a_target(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(TargetError, match=r"garbage\.pt: not a target file"):
-        load_target(garbage)
+        TargetProblem.load(garbage)
     other = tmp_path / "other.pt"
     torch.save({"train_x": torch.zeros(1)}, other)
     with pytest.raises(TargetError, match=r"other\.pt: not a target file, missing keys \['train_y'"):
-        load_target(other)
-    with pytest.raises(TargetError, match=r"bad\.pt: not a target dict, missing keys"):
-        save_target({"name": "x"}, tmp_path / "bad.pt")
-    assert not (tmp_path / "bad.pt").exists()
+        TargetProblem.load(other)
 
 
 def test_subsample_caps_each_label_deterministically():
-    from seam.targets import subsample
+    from conftest import tiny_target
 
     y = torch.tensor([0] * 10 + [1] * 4)
-    data = {"name": "t", "train_x": torch.arange(14).view(14, 1, 1, 1).to(torch.uint8), "train_y": y}
-    a = subsample(data, {"train": 3}, seed=1)
-    b = subsample(data, {"train": 3}, seed=1)
-    assert torch.equal(a["train_y"], b["train_y"]) and torch.equal(a["train_x"], b["train_x"])
-    assert (a["train_y"] == 0).sum() == 3 and (a["train_y"] == 1).sum() == 3
-    assert torch.equal(a["train_y"], a["train_y"].sort().values)  # original order kept
-    assert data["train_y"].numel() == 14  # input untouched
+    data = dataclasses.replace(tiny_target(), train_x=torch.arange(14).view(14, 1, 1, 1).to(torch.uint8), train_y=y)
+    a = data.subsample({"train": 3}, seed=1)
+    b = data.subsample({"train": 3}, seed=1)
+    assert torch.equal(a.train_y, b.train_y) and torch.equal(a.train_x, b.train_x)
+    assert (a.train_y == 0).sum() == 3 and (a.train_y == 1).sum() == 3
+    assert torch.equal(a.train_y, a.train_y.sort().values)  # original order kept
+    assert data.train_y.numel() == 14  # input untouched
+    assert torch.equal(a.test_y, data.test_y)  # splits not named are kept whole
     with pytest.raises(TargetError, match="positive integer"):
-        subsample(data, {"train": 0}, seed=1)
+        data.subsample({"train": 0}, seed=1)

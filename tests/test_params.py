@@ -1,0 +1,87 @@
+"""The params schema: its defaults are params.yaml, and every bad value is refused with its key path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from seam.params import Params, ParamsError, load_params
+
+YAML = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_defaults_are_params_yaml():
+    # Every key of params.yaml is in the schema, with params.yaml's value as its default.
+    assert Params().model_dump() == YAML
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def with_value(path: str, value):
+    params = copy.deepcopy(YAML)
+    *parents, last = path.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return params
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("reengineer.lr_mask", "fast", "reengineer.lr_mask: Input should be a valid number"),
+    ("reengineer.lr_mask", 0, "reengineer.lr_mask: Input should be greater than 0"),
+    ("reengineer.batch_size", 6.5, "reengineer.batch_size: Input should be a valid integer"),
+    ("reengineer.max_epochs", True, "reengineer.max_epochs: Input should be a valid integer"),
+    ("reengineer.early_stop", -1, "reengineer.early_stop: Input should be greater than or equal to 0"),
+    ("select_on", "train", "select_on: Input should be 'val' or 'test'"),
+    ("device", "gpu", "device: String should match pattern"),
+    ("alpha", -1, "alpha: Input should be greater than or equal to 0"),
+    ("seed", "0", "seed: Input should be a valid integer"),
+    ("prepare.val_fraction", 1.0, "prepare.val_fraction: Input should be less than 1"),
+    ("dataset.name", "mnist", "dataset.name: Input should be 'cifar10', 'cifar100' or 'imagefolder'"),
+    ("defects.seam.reengineer.threshold", 1.0, "defects.seam.reengineer.threshold: Input should be less than 1"),
+    ("defects.finetune.lr_output", 0, "defects.finetune.lr_output: Input should be greater than 0"),
+    ("defects.dropout", 1.0, "defects.dropout: Input should be less than 1"),
+    ("defects.attack.clip", [1.0], "defects.attack.clip: List should have at least 2 items"),
+    ("defects.train_per_class", 0, "defects.train_per_class: Input should be greater than 0"),
+    ("benchmark.num_cores", 0, "benchmark.num_cores: Input should be greater than 0"),
+    ("reengineer.lr_maks", 0.1, "reengineer.lr_maks: unknown key"),
+    ("defects.seam.threshold", 0.6, "defects.seam.threshold: unknown key"),
+])
+def test_bad_value_names_the_key_path(tmp_path, path, value, message):
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(with_value(path, value)))
+    with pytest.raises(ParamsError) as info:
+        load_params(file)
+    assert str(info.value).startswith(f"{file}: ") and message in str(info.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1")
+    with pytest.raises(ParamsError, match="mapping at the top level"):
+        load_params(tmp_path / "list.yaml")
+
+
+def test_ints_pass_for_floats(tmp_path):
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(with_value("alpha", 2)))
+    params = load_params(file)
+    assert params.alpha == 2.0 and isinstance(params.alpha, float)
+
+
+def test_missing_keys_are_named_with_their_defaults(tmp_path):
+    raw = copy.deepcopy(YAML)
+    del raw["reengineer"]["lr_mask"], raw["defects"]["seam"]["reengineer"]["threshold"], raw["seed"]
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as info:
+        load_params(file)
+    assert str(info.value) == (f"{file}: missing key(s) seed (default: 0), reengineer.lr_mask (default: 0.05), "
+                               "defects.seam.reengineer.threshold (default: 0.6)")
