@@ -83,20 +83,7 @@ def search(
 
     base = copy.deepcopy(original).to(device).eval()
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer)
-    if output_layer is None:
-        model = ReengineeredModel(base, num_outputs, problem.num_classes).to(device)
-        masks = attach_masks(model.original)
-        head = model.head
-    else:
-        if num_outputs != problem.num_classes:
-            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, "
-                             f"the target has {problem.num_classes}")
-        model = base
-        head = model.get_submodule(output_layer)
-        masks = attach_masks(model, skip=(output_layer,))
-        head.requires_grad_(True)
-    # NHWC convolutions are ~12% faster on the CPU here (oneDNN) and are cuDNN's fast path.
-    model.to(memory_format=torch.channels_last)
+    model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device)
     mask_params = [m.scores for m in masks.values()]
     head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
@@ -153,6 +140,24 @@ def search(
     assert best is not None  # every rule selects the first epoch
     return SearchResult(masks=best[0], head=best[1], selected_epoch=rule.selected_epoch,
                         reached_target=rule.reached_target, acc_original=acc_original, history=history)
+
+
+def _candidate(base: nn.Module, num_outputs: int, num_classes: int, output_layer: str | None,
+               device: torch.device) -> tuple[nn.Module, dict, nn.Module]:
+    """(model to train, its masks by tensor name, the head) around ``base``, masked in place."""
+    if output_layer is None:
+        model = ReengineeredModel(base, num_outputs, num_classes).to(device)
+        masks = attach_masks(model.original)
+        head = model.head
+    else:
+        if num_outputs != num_classes:
+            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
+        model = base
+        head = model.get_submodule(output_layer)
+        masks = attach_masks(model, skip=(output_layer,))
+        head.requires_grad_(True)
+    # NHWC convolutions are ~12% faster on the CPU here (oneDNN) and are cuDNN's fast path.
+    return model.to(memory_format=torch.channels_last), masks, head
 
 
 def _original_accuracy(base: nn.Module, problem: TargetProblem, splits: dict, normalize: Normalize,
