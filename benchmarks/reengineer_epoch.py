@@ -21,6 +21,7 @@ import torch
 
 from seam.datasets import download_dataset, load_dataset
 from seam.device import resolve_device
+from seam.params import DatasetParams
 from seam.registry import get_spec, load_model
 from seam.search import SearchConfig, search
 from seam.selection import AccuracyTarget
@@ -39,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    cfg = {"name": "imagefolder", "source": str(args.archive), "sha256": None}
+    cfg = DatasetParams(name="imagefolder", source=str(args.archive))
     with tempfile.TemporaryDirectory() as tmp:
         download_dataset(cfg, Path(tmp) / "raw")
         raw = load_dataset(cfg, Path(tmp) / "raw")

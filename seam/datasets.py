@@ -12,7 +12,6 @@ import io
 import multiprocessing
 import os
 import pickle
-import re
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +26,7 @@ from PIL import Image
 
 from seam.download import ChecksumError, DownloadError, fetch_file, is_url, verify
 from seam.errors import SeamError
+from seam.params import DatasetParams
 
 
 class DatasetError(SeamError, ValueError):
@@ -50,8 +50,6 @@ class RawDataset:
     test_coarse: torch.Tensor | None = None
 
 
-DATASETS = ("cifar10", "cifar100", "imagefolder")
-CFG_KEYS = ("name", "source", "sha256")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGEFOLDER_DIR = "imagefolder"  # raw_dir/<this> holds a copied directory source
@@ -68,30 +66,6 @@ def _cifar_class(name: str) -> Any:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def _check_cfg(cfg: Any) -> tuple[str, str | None, str | None]:
-    """Validate the `dataset:` params section; return (name, source, sha256)."""
-    if not isinstance(cfg, dict):
-        raise DatasetError(f"dataset: expected a mapping with keys {list(CFG_KEYS)}, got {cfg!r}")
-    extra = sorted(set(cfg) - set(CFG_KEYS))
-    if extra:
-        raise DatasetError(f"dataset: unknown key(s) {extra}; expected only {list(CFG_KEYS)}")
-    name = cfg.get("name")
-    if name not in DATASETS:
-        raise DatasetError(f"dataset.name: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    source = cfg.get("source")
-    if source is not None and (not isinstance(source, (str, os.PathLike)) or not str(source)):
-        raise DatasetError(f"dataset.source: expected a path or http(s) URL, got {source!r}")
-    sha256 = cfg.get("sha256")
-    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
-        raise DatasetError(f"dataset.sha256: expected 64 lower-case hex digits, got {sha256!r}")
-    if name == "imagefolder" and source is None:
-        raise DatasetError("dataset.source: required for imagefolder (a directory or .tar/.tar.gz/.tgz, path or URL)")
-    return name, (str(source) if source is not None else None), sha256
 
 
 def _is_archive(name: str) -> bool:
@@ -199,9 +173,9 @@ def _download_imagefolder(source: str, sha256: str | None, tmp: Path) -> None:
         _scan_layout(_tar_files(tf, archive), str(archive.name))
 
 
-def download_dataset(cfg: dict, raw_dir: Path) -> None:
+def download_dataset(cfg: DatasetParams, raw_dir: Path) -> None:
     """Make `raw_dir` hold exactly the verified raw data for `cfg` (atomic: all or nothing)."""
-    name, source, sha256 = _check_cfg(cfg)
+    name, source, sha256 = cfg.name, cfg.source, cfg.sha256
     with _atomic_dir(Path(raw_dir)) as tmp:
         if name == "imagefolder":
             assert source is not None
@@ -450,9 +424,9 @@ def _unpickle(path: Path, key: str) -> Any:
         raise DatasetError(f"{path}: cannot read {key!r}: {e!r}") from e
 
 
-def load_dataset(cfg: dict, raw_dir: Path) -> RawDataset:
+def load_dataset(cfg: DatasetParams, raw_dir: Path) -> RawDataset:
     """Decode the raw data that `download_dataset(cfg, raw_dir)` left in `raw_dir`."""
-    name, _, _ = _check_cfg(cfg)
+    name = cfg.name
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise DatasetError(f"{raw_dir}: raw data folder missing (run the download stage)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seam.errors import SeamError
 
@@ -36,8 +36,15 @@ class Section(BaseModel):
 
 class DatasetParams(Section):
     name: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
-    source: Optional[str] = None   # imagefolder: directory, archive or URL; cifar: optional local archive
-    sha256: Optional[str] = None   # optional sha256 of an imagefolder archive
+    # imagefolder: directory, .tar/.tar.gz/.tgz path or http(s) URL; cifar: optional local copy of the archive
+    source: Optional[Annotated[str, Field(min_length=1)]] = None
+    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None  # of an imagefolder archive
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_a_source(self) -> "DatasetParams":
+        if self.name == "imagefolder" and self.source is None:
+            raise ValueError("source: required for imagefolder (a directory or .tar/.tar.gz/.tgz, path or URL)")
+        return self
 
 
 class ModelParams(Section):
@@ -144,6 +151,8 @@ def _describe(error: dict) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
+    if error["type"] == "value_error":  # a check across keys: its message names the key
+        return f"{key}.{error['ctx']['error']}"
     return f"{key}: {error['msg']}, got {error['input']!r}"
 
 

@@ -11,7 +11,7 @@ from seam.params import load_params
 
 def main(out: Path) -> None:
     params = load_params()
-    download_dataset(params.dataset.model_dump(), out)
+    download_dataset(params.dataset, out)
     print(f"dataset {params.dataset.name} -> {out}")
 
 

@@ -13,7 +13,7 @@ from seam.targets import build_target, parse_targets
 
 def main(raw_dir: Path, out: Path) -> None:
     params = load_params()
-    raw = load_dataset(params.dataset.model_dump(), raw_dir)
+    raw = load_dataset(params.dataset, raw_dir)
     specs = parse_targets(params.targets, raw)  # validate every target before writing any
     # Stale files of removed targets must not linger in a DVC output.
     shutil.rmtree(out, ignore_errors=True)

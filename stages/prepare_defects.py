@@ -14,7 +14,7 @@ from seam.targets import build_target, parse_targets
 def main(raw_dir: Path, out: Path) -> None:
     params = load_params()
     val_fraction = params.prepare.val_fraction
-    raw = load_dataset(params.dataset.model_dump(), raw_dir)
+    raw = load_dataset(params.dataset, raw_dir)
     (spec,) = parse_targets({"defects": params.defects.target}, raw)
     problem = build_target(raw, spec, seed=params.seed, val_fraction=val_fraction)
     train_cap = params.defects.train_per_class
