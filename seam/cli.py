@@ -30,7 +30,7 @@ def fetch(
     mirror: Optional[str] = typer.Option(None, help="directory or file holding the upstream file (offline)"),
 ) -> None:
     """Download (or copy from a mirror) a pretrained checkpoint, verifying its hash."""
-    from seam.registry import fetch_model
+    from seam.fetch import fetch_model
 
     typer.echo(fetch_model(name, dest, mirror=mirror))
 

@@ -8,7 +8,8 @@ from seam.atomic import write_json
 from seam.download import file_digest
 from seam.errors import run_stage
 from seam.params import load_params
-from seam.registry import fetch_model, get_spec, load_model
+from seam.fetch import fetch_model
+from seam.registry import get_spec, load_model
 
 
 def main(out: Path) -> None:

@@ -12,12 +12,11 @@ from torch import nn
 
 from seam.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
 from seam.download import ChecksumError, DownloadError, file_digest
+from seam.fetch import MIRROR_ENV, fetch_model
 from seam.registry import (
     DEFAULT_MODEL,
-    MIRROR_ENV,
     REGISTRY,
     ModelError,
-    fetch_model,
     get_spec,
     load_model,
     load_state_dict,
