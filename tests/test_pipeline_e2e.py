@@ -153,3 +153,22 @@ def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
     diff = json.loads(sh(dvc + ["metrics", "diff", "--json"], repo, env))
     changed = diff["metrics/reengineering.json"]
     assert any(v.get("diff") for k, v in changed.items() if "retention" in k), changed
+
+
+def test_search_params_do_not_touch_the_defect_stages(pipeline):
+    """RQ1's `reengineer` section is read by RQ1 stages only; `device`, shared, by both."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    original = (repo / "params.yaml").read_text()
+    try:
+        for key, value in (("reengineer.lr_mask", 0.2), ("device", "auto")):
+            params = yaml.safe_load(original)
+            section, _, leaf = key.rpartition(".")
+            (params[section] if section else params)[leaf] = value
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            status = subprocess.run(dvc + ["status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+            changed = set(json.loads(status.stdout))
+            rq3 = {"finetune_standard", "finetune_seam", "adversarial"}
+            assert {"reengineer@airplane", "reengineer@trio"} <= changed
+            assert not rq3 & changed if key.startswith("reengineer") else rq3 <= changed, (key, changed)
+    finally:
+        (repo / "params.yaml").write_text(original)
