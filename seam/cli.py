@@ -1,4 +1,4 @@
-"""`seam` command line: inspect the model registry and re-engineering artifacts.
+"""`seam` command line: inspect the model registry and re-engineering artifacts, classify images.
 
 The pipeline itself runs through DVC (`dvc repro`); these commands help around it.
 """
@@ -51,6 +51,44 @@ def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>
     typer.echo(f"selected  epoch {meta['selected_epoch']} of {meta['epochs_run']} "
                f"(reached the original's accuracy: {meta['reached_target']})")
     typer.echo(f"search    {meta['search']}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="<target>.pt2, <target>.onnx (models/export/) or an artifact "
+                                           "(models/reengineered/<target>.pt)"),
+    images: Path = typer.Argument(..., help="an image file or a folder of images"),
+    pretrained: Path = typer.Option(Path("models/pretrained"), help="the original model, for an artifact"),
+    top: int = typer.Option(1, min=1, help="classes to print per image"),
+    batch_size: int = typer.Option(64, min=1),
+) -> None:
+    """Classify images with a re-engineered model: one line per image, its top classes and scores."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from seam.errors import SeamError
+    from seam.predict import image_files, load_classifier, predict_files
+
+    try:
+        clf = load_classifier(model, pretrained)
+        files = image_files(images)
+    except SeamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    skipped = []
+
+    def on_error(path: Path, exc: Exception) -> None:
+        skipped.append(path)
+        tqdm.write(f"skipped {path}: {exc}", file=sys.stderr)
+
+    bar = lambda it: tqdm(it, total=len(files), unit="image", disable=len(files) < 2, file=sys.stderr)  # noqa: E731
+    k = min(top, len(clf.class_names))
+    for path, probs in predict_files(clf, files, batch_size=batch_size, on_error=on_error, progress=bar):
+        scores, idx = probs.topk(k)
+        typer.echo(f"{path}\t" + "\t".join(f"{clf.class_names[i]} {s:.4f}" for s, i in zip(scores.tolist(), idx.tolist())))
+    if skipped:
+        typer.echo(f"{len(skipped)} of {len(files)} images unreadable, skipped", err=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ DeepSparse would fold BatchNorm itself, so both settings give it the same sparsi
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = ["ExportError", "export_onnx"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+METADATA_KEY = "seam"
 
 
 class ExportError(SeamError, ValueError):
@@ -77,6 +79,14 @@ def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int, constant_
         )
 
 
+def _add_metadata(path: Path, meta: dict) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(proto, str(path))
+
+
 def _run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -89,11 +99,12 @@ def _run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: int, batch: int = 16, opset: int = 13,
                 atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0,
-                constant_folding: bool = True) -> dict[str, Any]:
+                constant_folding: bool = True, meta: dict | None = None) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` and check it against PyTorch with onnxruntime.
 
     The graph takes ``input`` of fixed shape ``[batch, 3, input_size, input_size]`` and
-    returns ``logits``. The check feeds a standard-normal input drawn with ``seed`` and
+    returns ``logits``. ``meta`` (JSON-able: class names, normalisation) is stored in the
+    model's ``metadata_props`` under ``seam``. The check feeds a standard-normal input drawn with ``seed`` and
     requires ``|onnx - torch| <= atol + rtol * |torch|`` everywhere. On any failure an
     :class:`ExportError` is raised and nothing is left at ``path`` (a stale file there is
     removed too, so no later step benchmarks a model that does not match).
@@ -118,6 +129,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_size: int, b
                 # Swapped after `expected` was computed, so the check below covers the swap too.
                 _use_export_forms(net)
                 _export(net, x, tmp, opset, constant_folding)
+                if meta is not None:
+                    _add_metadata(tmp, meta)
             except (torch.onnx.errors.OnnxExporterError, torch.jit.Error) as exc:
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"{path}: cannot export {type(model).__name__} to ONNX opset {opset}: "

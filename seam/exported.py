@@ -1,19 +1,27 @@
-"""A compact model saved once as a ``torch.export`` archive (``.pt2``) and loaded anywhere.
+"""Models saved as ``torch.export`` archives (``.pt2``): graph and weights in one file that
+loads anywhere, without unpickling and without this package.
 
-The ``export`` stage compacts a masked model and writes the result with
-:func:`save_compact`; the ``flops`` and ``benchmark`` stages read it back with
-:func:`load_compact`, without importing or re-running ``seam.compact``. A pickled
+The ``export`` stage writes each re-engineered model (``<target>.pt2``, a model to ship)
+and its compact version (``<target>.compact.pt2``, which the ``flops`` and ``benchmark``
+stages read back without importing or re-running ``seam.compact``). A pickled
 ``fx.GraphModule`` would need ``torch.load(weights_only=False)`` (arbitrary unpickling,
 against the project's rule); a ``.pt2`` archive holds the graph as data and the weights as
 tensors. This module deliberately does not import ``seam.compact``.
 
 The archive's input has a dynamic batch dimension; channels and spatial size are fixed to
-those of ``example_input``.
+those of ``example_input``. What a user needs to feed it (class names, mean, std, input
+size) travels in the archive as ``seam.json``; in a Python without seam:
+
+    extra = {"seam.json": ""}
+    model = torch.export.load("airplane.pt2", extra_files=extra).module()
+    meta = json.loads(extra["seam.json"])   # {"class_names": [...], "mean": [...], ...}
+    logits = model((x - mean) / std)        # x: [N, 3, H, W] floats in [0, 1]
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -23,9 +31,10 @@ from torch import nn
 from seam.atomic import atomic_path
 from seam.errors import SeamError
 
-__all__ = ["ExportedModelError", "InferenceModule", "load_compact", "save_compact"]
+__all__ = ["ExportedModelError", "InferenceModule", "load_exported", "save_exported"]
 
 SUFFIX = ".pt2"
+META_FILE = "seam.json"
 
 
 class ExportedModelError(SeamError, ValueError):
@@ -34,14 +43,16 @@ class ExportedModelError(SeamError, ValueError):
 
 def _check_suffix(path: Path) -> None:
     if path.suffix != SUFFIX:
-        raise ExportedModelError(f"{path}: a compact model is a torch.export archive named *{SUFFIX}")
+        raise ExportedModelError(f"{path}: an exported model is a torch.export archive named *{SUFFIX}")
 
 
-def save_compact(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike) -> Path:
+def save_exported(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike,
+                  meta: dict | None = None) -> Path:
     """Write ``model`` (eval mode, on the CPU) to ``path`` as a ``torch.export`` archive.
 
-    ``example_input`` (``[N, C, H, W]``) fixes everything but the batch dimension. The file
-    appears only once it is complete (written under a temporary name first).
+    ``example_input`` (``[N, C, H, W]``) fixes everything but the batch dimension; ``meta``
+    (JSON-able) is stored beside the graph as ``seam.json``. The file appears only once it
+    is complete (written under a temporary name first).
     """
     path = Path(path)
     _check_suffix(path)
@@ -58,35 +69,39 @@ def save_compact(model: nn.Module, example_input: torch.Tensor, path: str | os.P
         raise ExportedModelError(f"{path}: cannot torch.export {type(model).__name__}: "
                                  f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from exc
     buf = io.BytesIO()  # torch.export.save wants a *.pt2 name or a buffer, not atomic_path's temporary name
-    torch.export.save(program, buf)
+    torch.export.save(program, buf, extra_files={META_FILE: json.dumps(meta or {})})
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
     return path
 
 
-def load_compact(path: str | os.PathLike) -> nn.Module:
-    """The module saved by :func:`save_compact` at ``path``, ready for inference."""
+def load_exported(path: str | os.PathLike) -> InferenceModule:
+    """The module saved by :func:`save_exported` at ``path``, ready for inference; its
+    ``meta`` attribute holds the saved metadata."""
     path = Path(path)
     _check_suffix(path)
     if not path.is_file():
         raise ExportedModelError(f"{path}: no such file")
+    extra = {META_FILE: ""}
     try:
-        program = torch.export.load(path)
+        program = torch.export.load(path, extra_files=extra)
+        meta = json.loads(extra[META_FILE] or "{}")
     except Exception as exc:  # a zip / json / version problem: not an archive we wrote
         raise ExportedModelError(f"{path}: not a torch.export archive ({type(exc).__name__}: {exc})") from exc
-    return InferenceModule(program.module())
+    return InferenceModule(program.module(), meta)
 
 
 class InferenceModule(nn.Module):
-    """A loaded compact model: always in eval mode (it was exported in eval mode).
+    """A loaded exported model: always in eval mode (it was exported in eval mode).
 
     ``ep.module()`` refuses ``.eval()`` and ``.train()``; this wrapper accepts ``.eval()``
     (what inference code calls) and refuses only training mode.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, meta: dict | None = None):
         super().__init__()
         self.module = module
+        self.meta = meta or {}
         self.training = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +109,6 @@ class InferenceModule(nn.Module):
 
     def train(self, mode: bool = True) -> InferenceModule:
         if mode:
-            raise ExportedModelError("a loaded compact model is for inference only (eval mode)")
+            raise ExportedModelError("a loaded exported model is for inference only (eval mode)")
         self.training = False
         return self

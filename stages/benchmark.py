@@ -15,7 +15,7 @@ import torch
 
 from seam.atomic import write_json
 from seam.errors import run_stage
-from seam.exported import load_compact
+from seam.exported import load_exported
 from seam.latency import EngineUnavailable, deepsparse_runner, engine_versions, interleaved, onnxruntime_runner
 from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
@@ -58,7 +58,7 @@ def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Pa
         entry["compact_onnxruntime"] = interleaved(ort_original, onnxruntime_runner(compact_onnx, batch, cores), x,
                                                    **cfg).summary()
         masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
-        compacted = load_compact(export_dir / f"{name}.compact.pt2")
+        compacted = load_exported(export_dir / f"{name}.compact.pt2")
         entry["compact_torch"] = interleaved(torch_runner(masked), torch_runner(compacted), x, **cfg).summary()
         result["targets"][name] = entry
         for engine, summary in entry.items():

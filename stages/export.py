@@ -1,7 +1,8 @@
 """DVC stage `export`: ONNX files of the original model and, per target, of the re-engineered
-(masked) model and of its compact dense version, and the compact model as a torch.export
-archive (`<target>.compact.pt2`) for the flops and benchmark stages. The compact model must
-predict exactly what the masked one does on the target's test split."""
+(masked) model and of its compact dense version; each re-engineered model as a standalone
+torch.export archive (`<target>.pt2`, class names and normalisation inside), and the compact
+model as one (`<target>.compact.pt2`) for the flops and benchmark stages. Both archives and
+the compact model must predict what the masked model does on the target's whole test split."""
 
 from __future__ import annotations
 
@@ -15,20 +16,20 @@ from seam.augment import Normalize
 from seam.compact import CompactError, compact
 from seam.errors import run_stage
 from seam.export import export_onnx
-from seam.exported import save_compact
+from seam.exported import load_exported, save_exported
 from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
 from seam.problem import TargetProblem
 
 
-def check_compact(masked, compacted, problem: TargetProblem, normalize, atol: float = 1e-4) -> dict:
+def check_same(masked, other, problem: TargetProblem, normalize, what: str, atol: float = 1e-4) -> dict:
     """Same argmax on every test image and logits within `atol`, or CompactError."""
     a = predict(masked, problem.test_x, normalize)
-    b = predict(compacted, problem.test_x, normalize)
+    b = predict(other, problem.test_x, normalize)
     max_diff = (a - b).abs().max().item()
     same = int((a.argmax(1) == b.argmax(1)).sum())
     if same != len(a) or max_diff > atol:
-        raise CompactError(f"{problem.name}: compact model disagrees with the masked model on the test split "
+        raise CompactError(f"{problem.name}: the {what} disagrees with the masked model on the test split "
                            f"({len(a) - same} of {len(a)} predictions differ, max logit difference {max_diff:.3g})")
     return {"test_images": len(a), "identical_predictions": same, "max_logit_diff": max_diff}
 
@@ -41,18 +42,24 @@ def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out_d
     normalize = Normalize(spec.mean, spec.std)
     example = torch.zeros(1, 3, spec.input_size, spec.input_size)
     for name in params.targets:
+        problem = TargetProblem.load(prepared_dir / f"{name}.pt")
         masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
+        meta = {"model": spec.name, "target": name, "class_names": problem.class_names, "mean": list(spec.mean),
+                "std": list(spec.std), "input_size": spec.input_size, "input": "(x - mean) / std, x in [0, 1], NCHW"}
+        save_exported(masked, example, out_dir / f"{name}.pt2", meta)
         compacted, summary = compact(masked, example)
+        save_exported(compacted, example, out_dir / f"{name}.compact.pt2")
         report["targets"][name] = {
-            "masked": export_onnx(masked, out_dir / f"{name}.onnx", **shape),
-            "compact": export_onnx(compacted, out_dir / f"{name}.compact.onnx", **shape),
-            "compact_check": check_compact(masked, compacted, TargetProblem.load(prepared_dir / f"{name}.pt"),
-                                           normalize),
+            "masked": export_onnx(masked, out_dir / f"{name}.onnx", meta=meta, **shape),
+            "compact": export_onnx(compacted, out_dir / f"{name}.compact.onnx", meta=meta, **shape),
+            "standalone_check": check_same(masked, load_exported(out_dir / f"{name}.pt2"), problem, normalize,
+                                           "standalone archive"),
+            "compact_check": check_same(masked, load_exported(out_dir / f"{name}.compact.pt2"), problem, normalize,
+                                        "compact model"),
             "compact_summary": summary,
         }
-        save_compact(compacted, example, out_dir / f"{name}.compact.pt2")
-        print(f"{name}: exported masked and compact models; compact predictions identical on "
-              f"{report['targets'][name]['compact_check']['test_images']} test images")
+        print(f"{name}: exported the masked model (ONNX, standalone .pt2) and its compact version; predictions "
+              f"identical on {report['targets'][name]['compact_check']['test_images']} test images")
     write_json(report, report_file)
 
 

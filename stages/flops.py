@@ -7,7 +7,7 @@ from pathlib import Path
 
 from seam.atomic import write_json
 from seam.errors import run_stage
-from seam.exported import load_compact
+from seam.exported import load_exported
 from seam.flops import count_flops, count_weights
 from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
@@ -22,7 +22,7 @@ def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Pa
     per_target = {}
     for name in params.targets:
         masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
-        compacted = load_compact(export_dir / f"{name}.compact.pt2")
+        compacted = load_exported(export_dir / f"{name}.compact.pt2")
         kept, total = count_weights(masked.original)  # Table I: the head is not counted
         flops_re = count_flops(masked, size, nonzero_only=True)
         flops_compact = count_flops(compacted, size)

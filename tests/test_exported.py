@@ -9,7 +9,7 @@ import torch
 from seam.architectures import cifar_resnet
 from seam.compact import FoldedConv2d, compact
 from seam.errors import SeamError
-from seam.exported import ExportedModelError, load_compact, save_compact
+from seam.exported import ExportedModelError, load_exported, save_exported
 from seam.flops import count_flops
 
 
@@ -32,9 +32,9 @@ def compacted():
 
 
 def test_round_trip_predicts_the_same_at_any_batch_size(compacted, tmp_path):
-    path = save_compact(compacted, torch.zeros(1, 3, 16, 16), tmp_path / "m.pt2")
+    path = save_exported(compacted, torch.zeros(1, 3, 16, 16), tmp_path / "m.pt2")
     assert path.is_file() and not list(tmp_path.glob(".*.tmp"))
-    loaded = load_compact(path)
+    loaded = load_exported(path)
     assert loaded.eval() is loaded and not loaded.training
     for batch in (1, 3, 16):
         x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
@@ -49,15 +49,15 @@ def test_refuses_other_files(tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not an archive")
     with pytest.raises(SeamError, match=str(bad)):
-        load_compact(bad)
+        load_exported(bad)
     fake = tmp_path / "model.pt2"
     fake.write_bytes(b"not an archive")
     with pytest.raises(ExportedModelError, match=f"{fake}: not a torch.export archive"):
-        load_compact(fake)
+        load_exported(fake)
     with pytest.raises(ExportedModelError, match="no such file"):
-        load_compact(tmp_path / "missing.pt2")
+        load_exported(tmp_path / "missing.pt2")
     with pytest.raises(ExportedModelError, match=r"\*\.pt2"):
-        save_compact(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), tmp_path / "x.onnx")
+        save_exported(torch.nn.Identity(), torch.zeros(1, 3, 4, 4), tmp_path / "x.onnx")
 
 
 def test_loading_does_not_import_compact():

@@ -119,11 +119,13 @@ def test_overhead_metrics_are_well_formed(pipeline):
     assert ("latency_ms_original" in metrics) != ds.startswith("unavailable")  # a figure, or the reason why not
     export = json.loads((repo / "results/export.json").read_text())
     for name in ("airplane", "trio"):
-        check = export["targets"][name]["compact_check"]
-        assert check["identical_predictions"] == check["test_images"] > 0
+        for check in ("compact_check", "standalone_check"):
+            check = export["targets"][name][check]
+            assert check["identical_predictions"] == check["test_images"] > 0
         for kind in ("", ".compact"):
             assert (repo / f"models/export/{name}{kind}.onnx").stat().st_size > 0
-        assert (repo / f"models/export/{name}.compact.pt2").stat().st_size > 0
+        for kind in ("", ".compact"):
+            assert (repo / f"models/export/{name}{kind}.pt2").stat().st_size > 0
 
 
 def test_defect_inheritance_metrics_are_well_formed(pipeline):
@@ -133,6 +135,15 @@ def test_defect_inheritance_metrics_are_well_formed(pipeline):
     assert metrics["dir_reduction"] == metrics["dir_standard"] - metrics["dir_seam"]
     assert metrics["settings"]["classes"] == ["automobile", "bird"] and metrics["settings"]["test_images"] == 16
     assert metrics["removed_rate_seam"] >= 0.05  # the search ran to the threshold
+
+
+def test_seam_predict_on_a_test_image_of_the_pipeline(pipeline):
+    repo = pipeline["repo"]
+    image = next((repo.parent / "tiny" / "test" / "airplane").iterdir())
+    seam = [sys.executable, "-m", "seam.cli"]
+    for model in ("models/export/airplane.pt2", "models/export/airplane.compact.onnx", "models/reengineered/airplane.pt"):
+        out = sh(seam + ["predict", model, str(image)], repo, pipeline["env"])
+        assert out.startswith(str(image)) and ("\tairplane " in out or "\tnot airplane " in out), out
 
 
 def test_plots_show_renders_the_convergence_curve(pipeline):

@@ -61,7 +61,7 @@ and for linear layers, the constant folds into the bias.
 
 The compact model is an ``fx.GraphModule`` in eval mode, meant for inference: its BatchNorms
 and folded constants assume eval-mode statistics, as the masked model does. To store it for
-another stage, use ``seam.exported.save_compact`` (a ``torch.export`` archive that loads
+another stage, use ``seam.exported.save_exported`` (a ``torch.export`` archive that loads
 without this package and without unpickling).
 
 A problem with the user's model (not an ``nn.Module``, training mode, not traceable, result
