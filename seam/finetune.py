@@ -141,7 +141,8 @@ def finetune(
     normalize = Normalize(mean, std, device)
     splits = problem.eval_splits()
     if config.select_on not in splits:
-        raise FinetuneError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images")
+        raise FinetuneError(f"select_on is {config.select_on!r} but target problem {problem.name!r} has no "
+                            f"{config.select_on} images (set prepare.val_fraction > 0 or select_on: test)")
     if not len(problem.train_y):
         raise FinetuneError("the target problem has no training images")
     train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)

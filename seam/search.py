@@ -15,10 +15,15 @@ from tqdm.auto import tqdm
 from seam.accuracy import accuracy, original_accuracy, predict
 from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
+from seam.errors import SeamError
 from seam.masking import attach_masks, binary_masks, retention
 from seam.problem import TargetProblem
 from seam.selection import RuleFactory
 from seam.training import batch_bar, evaluate, train_epoch
+
+
+class SearchError(SeamError, ValueError):
+    """A search that cannot run on the problem it is given."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ def search(
     train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
     splits = problem.eval_splits()
     if config.select_on not in splits:
-        raise ValueError(f"select_on={config.select_on!r} but the target problem has no {config.select_on} images")
+        raise SearchError(f"select_on is {config.select_on!r} but target problem {problem.name!r} has no "
+                          f"{config.select_on} images (set prepare.val_fraction > 0 or select_on: test)")
 
     base = copy.deepcopy(original).to(device).eval()
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer)
@@ -151,7 +157,7 @@ def _candidate(base: nn.Module, num_outputs: int, num_classes: int, output_layer
         head = model.head
     else:
         if num_outputs != num_classes:
-            raise ValueError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
+            raise SearchError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
         model = base
         head = model.get_submodule(output_layer)
         masks = attach_masks(model, skip=(output_layer,))

@@ -29,9 +29,6 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
                           max_epochs=p.max_epochs, select_on=params.select_on, seed=params.seed)
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)
-    if params.select_on == "val" and len(problem.val_y) == 0:
-        raise ParamsError("params.yaml: select_on is 'val' but prepare.val_fraction is 0 "
-                          "(no validation images); set val_fraction > 0 or select_on: test")
     spec, original, info = load_pretrained(pretrained_dir)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on the CPU
 

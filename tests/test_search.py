@@ -6,7 +6,7 @@ import torch
 from conftest import TinyNet, tiny_target
 from seam.candidate import ReengineeredModel
 from seam.masking import attach_masks, retention
-from seam.search import SearchConfig, search
+from seam.search import SearchConfig, SearchError, search
 from seam.selection import AccuracyTarget, RemovalThreshold
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -82,7 +82,7 @@ def test_high_alpha_drops_retention_and_selection_uses_the_val_split():
 
 def test_select_on_val_without_a_val_split_is_a_clear_error():
     data = tiny_target(n_val=0)
-    with pytest.raises(ValueError, match="no val images"):
+    with pytest.raises(SearchError, match="no val images.*val_fraction > 0 or select_on: test"):
         run(TinyNet().eval(), data)
 
 
