@@ -90,21 +90,11 @@ def search(
     base = copy.deepcopy(original).to(device).eval()
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer)
     model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device)
-    mask_params = [m.scores for m in masks.values()]
     head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
-    optim_joint = torch.optim.Adam(
-        [{"params": mask_params, "lr": config.lr_mask}, {"params": head_params, "lr": config.lr_head}]
-    )
-
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor, _n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ce = F.cross_entropy(logits, y)
-        kept = retention(masks)
-        # The head-only optimiser holds no scores, so the retention term only moves the
-        # masks in joint epochs; it is kept in the loss so the logged value means one thing.
-        loss = ce + config.alpha * kept
-        return loss, torch.stack([loss.detach(), ce.detach(), kept.detach()])
-
+    optim_joint = torch.optim.Adam([{"params": [m.scores for m in masks.values()], "lr": config.lr_mask},
+                                    {"params": head_params, "lr": config.lr_head}])
+    loss_fn = _objective(masks, config.alpha)
     rule = stop(acc_original[config.select_on])
     best = None
     history = []
@@ -146,6 +136,20 @@ def search(
     assert best is not None  # every rule selects the first epoch
     return SearchResult(masks=best[0], head=best[1], selected_epoch=rule.selected_epoch,
                         reached_target=rule.reached_target, acc_original=acc_original, history=history)
+
+
+def _objective(masks: dict, alpha: float):
+    """CE + alpha * retention, with (loss, CE, retention) as the per-batch statistics to log."""
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, _n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = F.cross_entropy(logits, y)
+        kept = retention(masks)
+        # The head-only optimiser holds no scores, so the retention term only moves the
+        # masks in joint epochs; it is kept in the loss so the logged value means one thing.
+        loss = ce + alpha * kept
+        return loss, torch.stack([loss.detach(), ce.detach(), kept.detach()])
+
+    return loss_fn
 
 
 def _candidate(base: nn.Module, num_outputs: int, num_classes: int, output_layer: str | None,
