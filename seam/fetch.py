@@ -9,8 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dataclasses import replace
+
 from seam import download
-from seam.registry import ModelSpec, get_spec
+from seam.errors import SeamError
+from seam.params import ModelParams
+from seam.pretrained import PretrainedModel, check_model
+from seam.registry import ModelError, ModelSpec, get_spec
 
 MIRROR_ENV = "SEAM_MODEL_MIRROR"
 
@@ -54,3 +59,39 @@ def fetch_model(name: str, dest: str | os.PathLike, *, mirror: str | None = None
         sha256_prefix=spec.sha256_prefix,
         offline_hint=hint,
     )
+
+
+def fetch_pretrained(cfg: ModelParams, directory: str | os.PathLike) -> PretrainedModel:
+    """Fetch the model params.yaml names into `directory`, load it, dry-run it, and describe it.
+
+    A registry entry comes from its upstream URL or the mirror (see :func:`fetch_model`);
+    any other checkpoint from its path or URL, verified by ``sha256`` when given.
+    """
+    directory = Path(directory)
+    if cfg.checkpoint is None:
+        try:
+            spec = get_spec(cfg.name)
+        except ModelError as exc:
+            raise ModelError(f"model.name: {exc} (or give your own with model.arch and model.checkpoint)") from None
+        record = PretrainedModel(
+            name=spec.name, format="state_dict", sha256="", num_classes=spec.num_classes, mean=list(spec.mean),
+            std=list(spec.std), input_size=spec.input_size, arch=spec.arch, kwargs=dict(spec.kwargs),
+            classifier=cfg.classifier or spec.classifier,
+            classes=cfg.classes or (list(spec.classes) if spec.classes else None), source=spec.url)
+        path = fetch_model(spec.name, directory / record.file)
+    else:
+        record = PretrainedModel(
+            name=cfg.name, format="export" if cfg.checkpoint.endswith(".pt2") else "state_dict", sha256="",
+            num_classes=0, mean=cfg.mean, std=cfg.std, input_size=cfg.input_size, arch=cfg.arch,
+            kwargs=dict(cfg.kwargs), classifier=cfg.classifier, classes=cfg.classes, source=cfg.checkpoint)
+        try:
+            path = download.fetch_file(cfg.checkpoint, directory / record.file, sha256=cfg.sha256,
+                                       unverified=cfg.sha256 is None)
+        except (SeamError, FileNotFoundError) as exc:
+            raise ModelError(f"model.checkpoint: {exc}") from None
+    record = replace(record, sha256=download.file_digest(path))
+    try:
+        model = record.build(path)
+    except SeamError as exc:
+        raise ModelError(f"model.checkpoint: {exc}") from None
+    return check_model(record, model)

@@ -11,6 +11,7 @@ and the original weights stay untouched (``module.parametrizations.weight.origin
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
@@ -44,15 +45,40 @@ class ScoreMask(nn.Module):
         return tensor * binarize(self.scores).to(tensor.dtype)
 
 
+# Exported graphs (torch.export) call these ops on weights held by plain container modules.
+_GRAPH_OPS = {"aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.linear.default",
+              "aten.convolution.default"}
+
+
 def maskable_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """``(qualified name, module, "weight"|"bias")`` for every tensor SeaM masks."""
+    """``(qualified name, module, "weight"|"bias")`` for every tensor SeaM masks: the weights
+    and biases of conv/linear modules, and those an exported graph passes to a conv/linear op."""
     found = []
     for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
         if isinstance(module, MASKABLE):
             for pname in ("weight", "bias"):
                 if getattr(module, pname, None) is not None:
-                    found.append((f"{mod_name}.{pname}" if mod_name else pname, module, pname))
+                    found.append((f"{prefix}{pname}", module, pname))
+        elif isinstance(module, fx.GraphModule):
+            found += [(prefix + target, *_owner(module, target)) for target in _graph_weights(module)]
     return found
+
+
+def _graph_weights(gm: fx.GraphModule) -> list[str]:
+    """get_attr targets a graph passes as weight or bias to a conv/linear op, in graph order."""
+    targets: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and str(node.target) in _GRAPH_OPS:
+            for arg in node.args[1:3]:
+                if isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target not in targets:
+                    targets.append(arg.target)
+    return targets
+
+
+def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
+    path, _, pname = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), pname
 
 
 def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, ScoreMask]:

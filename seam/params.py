@@ -2,8 +2,9 @@
 
 Every stage reads the whole file through :func:`load_params`, so a typo anywhere is refused
 before any stage writes, and errors name the key path (``reengineer.lr_mask: ...``).
-params.yaml must set every key (DVC tracks what the file says, so nothing may come from a
-hidden default) and no other: a missing or unknown key is an error.
+params.yaml must set every key that has a value (DVC tracks what the file says, so no value
+may come from a hidden default; a key whose default is null or empty, "not used", may be
+left out) and no other: a missing or unknown key is an error.
 """
 
 from __future__ import annotations
@@ -48,7 +49,44 @@ class DatasetParams(Section):
 
 
 class ModelParams(Section):
-    name: str = "resnet20"         # a registry entry (`seam models`)
+    """A registry entry by name, or any classifier: an architecture and its checkpoint, or a
+    torch.export archive (``.pt2``, no ``arch``)."""
+
+    name: Annotated[str, Field(min_length=1)] = "resnet20"   # a registry entry, or a label for your model
+    arch: Optional[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = None  # "package.module:callable"
+    kwargs: dict[str, Any] = {}
+    checkpoint: Optional[Annotated[str, Field(min_length=1)]] = None   # local path or http(s) URL
+    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    mean: Optional[Annotated[list[float], Field(min_length=1)]] = None
+    std: Optional[Annotated[list[float], Field(min_length=1)]] = None
+    input_size: Optional[PositiveInt] = None
+    classes: Optional[Annotated[list[str], Field(min_length=2)]] = None   # output order
+    classifier: Optional[Annotated[str, Field(min_length=1)]] = None      # dotted path of the final nn.Linear
+
+    @model_validator(mode="after")
+    def _one_way_to_name_a_model(self) -> "ModelParams":
+        own = {"arch": self.arch, "sha256": self.sha256, "mean": self.mean, "std": self.std,
+               "input_size": self.input_size}
+        if self.checkpoint is None:
+            given = [k for k, v in {**own, "kwargs": self.kwargs or None}.items() if v is not None]
+            if given:
+                raise ValueError(f"{given[0]}: only with model.checkpoint (a registry model brings its own)")
+            return self
+        for key in ("mean", "std", "input_size"):
+            if own[key] is None:
+                raise ValueError(f"{key}: required with model.checkpoint (the input the model was trained on)")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"std: {len(self.std)} entries but mean has {len(self.mean)} (one per input channel)")
+        if min(self.std) <= 0:
+            raise ValueError(f"std: every entry must be > 0, got {self.std}")
+        is_archive = self.checkpoint.endswith(".pt2")
+        if is_archive and (self.arch or self.kwargs):
+            raise ValueError("arch: a .pt2 archive holds its architecture; leave arch and kwargs empty")
+        if not is_archive and self.arch is None:
+            raise ValueError("arch: required with a state-dict checkpoint (or give a .pt2 archive)")
+        if self.checkpoint.startswith(("http://", "https://")) and self.sha256 is None:
+            raise ValueError("sha256: required for a checkpoint URL (downloads are verified by hash)")
+        return self
 
 
 class PrepareParams(Section):
@@ -161,6 +199,8 @@ def _missing(schema: type[Section], raw: dict, prefix: str = "") -> list[str]:
     out = []
     for name, field in schema.model_fields.items():
         if name not in raw:
+            if field.default is None or field.default == {}:  # "not used" may go unsaid
+                continue
             out.append(f"{prefix}{name} (default: {field.default!r})")
         elif isinstance(field.annotation, type) and issubclass(field.annotation, Section) and isinstance(raw[name], dict):
             out += _missing(field.annotation, raw[name], f"{prefix}{name}.")

@@ -56,10 +56,10 @@ def load_classifier(model: str | os.PathLike, pretrained_dir: str | os.PathLike 
     from seam.artifact import load_artifact
     from seam.pretrained import load_pretrained, load_reengineered
 
-    spec, original, info = load_pretrained(pretrained_dir)
+    info, original = load_pretrained(pretrained_dir)
     net = load_reengineered(path, original, info)
     names = load_artifact(path)["meta"]["target"]["class_names"]
-    meta = {"class_names": names, "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.input_size}
+    meta = {"class_names": names, "mean": list(info.mean), "std": list(info.std), "input_size": info.input_size}
     return _with_meta(path, meta, net)
 
 

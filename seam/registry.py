@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import partial
+import importlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
-from seam.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
 from seam.errors import SeamError
 
 DEFAULT_MODEL = "resnet20"
@@ -22,12 +22,43 @@ class ModelError(SeamError, ValueError):
     """Unknown model name, unreadable checkpoint, or checkpoint that does not fit the model."""
 
 
+def import_arch(arch: str, where: str = "model.arch") -> Any:
+    """The callable named ``"package.module:callable"``, imported (from the working directory too)."""
+    module_name, _, attr = arch.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.append("")  # a project's own model code, next to params.yaml
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or anything the module raises while importing
+        raise ModelError(f"{where}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ModelError(f"{where}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def build_arch(arch: str, kwargs: Mapping[str, Any], where: str = "model.arch") -> nn.Module:
+    """``arch(**kwargs)``, which must return an ``nn.Module``."""
+    fn = import_arch(arch, where)
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"{where}: {arch}(**{dict(kwargs)!r}) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{where}: {arch} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One pretrained checkpoint and the architecture it belongs to."""
 
     name: str
-    build: Callable[[], nn.Module]  # random-init architecture with the right number of classes
+    arch: str  # "package.module:callable" building the random-init architecture ...
+    kwargs: dict = field(hash=False)  # ... with these keyword arguments
     num_classes: int
     classes_from: str  # dataset whose class order the outputs follow: cifar10 | cifar100 | imagenet
     url: str
@@ -38,6 +69,10 @@ class ModelSpec:
     std: tuple[float, float, float]
     input_size: int  # 32 or 224
     classifier: str  # attribute path of the final nn.Linear
+    classes: tuple[str, ...] | None = None  # output names, where the registry knows them
+
+    def build(self) -> nn.Module:
+        return build_arch(self.arch, self.kwargs)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,7 +92,8 @@ def _akamaster(depth: int, sha256: str) -> ModelSpec:
     filename = f"resnet{depth}-{sha256[:8]}.th"
     return ModelSpec(
         name=f"resnet{depth}",
-        build=partial(cifar_resnet, depth, 10),
+        arch="seam.architectures:cifar_resnet",
+        kwargs={"depth": depth, "num_classes": 10},
         num_classes=10,
         classes_from="cifar10",
         url=_AKAMASTER + filename,
@@ -69,21 +105,21 @@ def _akamaster(depth: int, sha256: str) -> ModelSpec:
         std=IMAGENET_STD,
         input_size=32,
         classifier="linear",
+        classes=CIFAR10_CLASSES,
     )
 
 
 def _chenyaofo(dataset: str, arch: str, tag: str, prefix: str) -> ModelSpec:
     num_classes = 10 if dataset == "cifar10" else 100
     if arch == "resnet20":
-        build: Callable[[], nn.Module] = partial(chenyaofo_cifar_resnet, 20, num_classes)
-        classifier = "fc"
+        builder, kwargs, classifier = "chenyaofo_cifar_resnet", {"depth": 20, "num_classes": num_classes}, "fc"
     else:
-        build = partial(chenyaofo_vgg16_bn, num_classes)
-        classifier = "classifier.6"
+        builder, kwargs, classifier = "chenyaofo_vgg16_bn", {"num_classes": num_classes}, "classifier.6"
     filename = f"{dataset}_{arch}-{prefix}.pt"
     return ModelSpec(
         name=f"{dataset}_{arch}",
-        build=build,
+        arch=f"seam.architectures:{builder}",
+        kwargs=kwargs,
         num_classes=num_classes,
         classes_from=dataset,
         url=f"{_CHENYAOFO}{tag}/{filename}",
@@ -94,6 +130,7 @@ def _chenyaofo(dataset: str, arch: str, tag: str, prefix: str) -> ModelSpec:
         std=CIFAR10_STD if dataset == "cifar10" else CIFAR100_STD,
         input_size=32,
         classifier=classifier,
+        classes=CIFAR10_CLASSES if dataset == "cifar10" else None,
     )
 
 
@@ -101,7 +138,8 @@ def _torchvision(arch: str, prefix: str) -> ModelSpec:
     filename = f"{arch}-{prefix}.pth"
     return ModelSpec(
         name=arch,
-        build=partial(getattr(torchvision.models, arch), weights=None),
+        arch=f"torchvision.models:{arch}",
+        kwargs={"weights": None},
         num_classes=1000,
         classes_from="imagenet",
         url=_TORCHVISION + filename,
@@ -154,21 +192,21 @@ def _unwrap(obj: object) -> object:
     return obj
 
 
-def load_state_dict(spec: ModelSpec, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint as a plain state dict (wrappers and DataParallel `module.` removed)."""
+def load_state_dict(name: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read model `name`'s checkpoint as a plain state dict (wrappers and DataParallel `module.` removed)."""
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for corrupt or foreign files
-        raise ModelError(f"cannot read checkpoint {path} for {spec.name}: {exc}") from exc
+        raise ModelError(f"cannot read checkpoint {path} for {name}: {exc}") from exc
     obj = _unwrap(obj)
     if not isinstance(obj, Mapping) or not obj:
-        raise ModelError(f"checkpoint {path} for {spec.name} holds no state dict")
+        raise ModelError(f"checkpoint {path} for {name} holds no state dict")
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ModelError(
-                f"checkpoint {path} for {spec.name} is not a state dict "
+                f"checkpoint {path} for {name} is not a state dict "
                 f"(entry {key!r} is a {type(value).__name__})"
             )
         state[key.removeprefix("module.")] = value
@@ -181,11 +219,15 @@ def _first(keys: list[str], limit: int = 5) -> str:
 
 
 def load_model(spec_or_name: ModelSpec | str, path: str | os.PathLike) -> nn.Module:
-    """Build the architecture, load the checkpoint at `path` strictly, return it in eval mode."""
+    """Build the registry architecture, load the checkpoint at `path` strictly, return it in eval mode."""
     spec = get_spec(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
+    return load_weights(spec.build(), path, spec.name)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, name: str) -> nn.Module:
+    """Load the checkpoint at `path` into `model` strictly (``weights_only``); return it in eval mode."""
     path = Path(path)
-    model = spec.build()
-    state = load_state_dict(spec, path)
+    state = load_state_dict(name, path)
     expected = model.state_dict()
     # Checkpoints from before torch 0.4.1 lack BatchNorm's num_batches_tracked counter;
     # BatchNorm fills it in itself, so its absence is not a mismatch.
@@ -209,10 +251,10 @@ def load_model(spec_or_name: ModelSpec | str, path: str | os.PathLike) -> nn.Mod
             if keys
         ]
         raise ModelError(
-            f"checkpoint {path} does not fit model {spec.name}; " + "; ".join(parts)
+            f"checkpoint {path} does not fit model {name}; " + "; ".join(parts)
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"checkpoint {path} does not fit model {spec.name}: {exc}") from exc
+        raise ModelError(f"checkpoint {path} does not fit model {name}: {exc}") from exc
     return model.eval()

@@ -63,6 +63,7 @@ def search(
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     output_layer: str | None = None,
+    source_outputs: Sequence[int] | None = None,
 ) -> SearchResult:
     """Search a mask over ``original``'s conv/linear tensors for ``problem``.
 
@@ -75,7 +76,9 @@ def search(
     By default (RQ1) the candidate is ``original`` followed by a new ReLU + Linear(N, K)
     head. With ``output_layer`` (the dotted name of a K-class layer ``original`` already
     has, as in the defect-inheritance flow) that layer plays the head: it is trained, not
-    masked, and the model's own outputs are the K logits.
+    masked, and the model's own outputs are the K logits. ``source_outputs`` are the
+    original model's outputs for the problem's source classes (the accuracy to match;
+    default: the source classes' dataset indices).
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -88,7 +91,8 @@ def search(
                           f"{config.select_on} images (set prepare.val_fraction > 0 or select_on: test)")
 
     base = copy.deepcopy(original).to(device).eval()
-    acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer)
+    outputs = problem.source_classes if source_outputs is None else list(source_outputs)
+    acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer, outputs)
     model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device)
     head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
@@ -171,13 +175,14 @@ def _candidate(base: nn.Module, num_outputs: int, num_classes: int, output_layer
 
 
 def _original_accuracy(base: nn.Module, problem: TargetProblem, splits: dict, normalize: Normalize,
-                       device: torch.device, output_layer: str | None) -> tuple[dict[str, float], int]:
+                       device: torch.device, output_layer: str | None,
+                       outputs: list[int]) -> tuple[dict[str, float], int]:
     """The unmodified model's accuracy per split (the search's target) and its number of outputs."""
     acc = {}
     for split, (x, y) in splits.items():
         logits = predict(base, x, normalize, device=device)
         if output_layer is None:
-            acc[split] = original_accuracy(logits, y, kind=problem.kind, source_classes=problem.source_classes)
+            acc[split] = original_accuracy(logits, y, kind=problem.kind, source_classes=outputs)
         else:
             acc[split] = accuracy(logits, y)
     return acc, logits.shape[1]

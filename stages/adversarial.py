@@ -18,12 +18,12 @@ from seam.problem import TargetProblem
 def main(problem_file: Path, pretrained_dir: Path, out: Path) -> None:
     params = load_params()
     problem = TargetProblem.load(problem_file)
-    spec, pretrained, _ = load_pretrained(pretrained_dir)
-    check_images(spec, problem, str(problem_file))
+    info, pretrained = load_pretrained(pretrained_dir)
+    check_images(info, problem, str(problem_file))
     attack = params.defects.attack.model_dump(exclude={"clip"})
     clip = tuple(params.defects.attack.clip)
-    adv = generate_adversarial(feature_extractor(pretrained, spec.classifier), problem.test_x, mean=spec.mean,
-                               std=spec.std, clip=clip, seed=params.seed, device=resolve_device(params.device),
+    adv = generate_adversarial(feature_extractor(pretrained, info.classifier), problem.test_x, mean=info.mean,
+                               std=info.std, clip=clip, seed=params.seed, device=resolve_device(params.device),
                                **attack)
     save_torch({"inputs": adv, "labels": problem.test_y, "attack": {**attack, "clip": list(clip)}}, out)
     print(f"{len(adv)} adversarial test inputs (eps {attack['eps']}, {attack['nb_iter']} PGD steps)")

@@ -38,9 +38,9 @@ def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Pa
     cores = params.benchmark.num_cores
     cores_used = cores or os.cpu_count()
     torch.set_num_threads(cores_used)
-    spec, original, info = load_pretrained(pretrained_dir)
+    info, original = load_pretrained(pretrained_dir)
     x = np.random.default_rng(params.seed).standard_normal(
-        (batch, 3, spec.input_size, spec.input_size)).astype(np.float32)  # the same input for every model
+        (batch, len(info.mean), info.input_size, info.input_size)).astype(np.float32)  # the same input for every model
 
     result = {"batch": batch, "cores": cores_used, **cfg, "engines": {**engine_versions(), "torch": torch.__version__},
               "targets": {}}

@@ -24,8 +24,8 @@ def main(problem_file: Path, adversarial_file: Path, pretrained_dir: Path, finet
     params = load_params()
     problem = TargetProblem.load(problem_file)
     adv = torch.load(adversarial_file, map_location="cpu", weights_only=True)
-    spec, pretrained, _ = load_pretrained(pretrained_dir)
-    normalize = Normalize(spec.mean, spec.std)
+    info, pretrained = load_pretrained(pretrained_dir)
+    normalize = Normalize(info.mean, info.std)
     result = {}
     for flow in FLOWS:
         model, meta = load_finetuned(finetuned_dir / f"{flow}.pt", pretrained)
@@ -39,7 +39,7 @@ def main(problem_file: Path, adversarial_file: Path, pretrained_dir: Path, finet
         "dir_seam": result["seam"]["dir"],
         "dir_reduction": result["standard"]["dir"] - result["seam"]["dir"],
         "removed_rate_seam": result["seam"]["removed_rate"],
-        "settings": {"model": spec.name, "classes": problem.class_names, "test_images": len(problem.test_y),
+        "settings": {"model": info.name, "classes": problem.class_names, "test_images": len(problem.test_y),
                      "attack": adv["attack"], "dropout": params.defects.dropout,
                      "threshold": params.defects.seam.reengineer.threshold},
         "standard": result["standard"],

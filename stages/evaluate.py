@@ -11,16 +11,16 @@ from seam.augment import Normalize
 from seam.errors import run_stage
 from seam.masking import count_kept
 from seam.params import load_params
-from seam.pretrained import load_pretrained
+from seam.pretrained import PretrainedModel, load_pretrained
 from seam.problem import TargetProblem
 
 
-def evaluate_target(problem: TargetProblem, artifact: dict, original, spec, model_sha256: str) -> dict:
-    model = build_reengineered(original, artifact, model_sha256=model_sha256)
-    normalize = Normalize(spec.mean, spec.std)
+def evaluate_target(problem: TargetProblem, artifact: dict, original, info: PretrainedModel) -> dict:
+    model = build_reengineered(original, artifact, model_sha256=info.sha256)
+    normalize = Normalize(info.mean, info.std)
     x, y = problem.test_x, problem.test_y
     logits_original = predict(original, x, normalize)
-    rule = {"kind": problem.kind, "source_classes": problem.source_classes}
+    rule = {"kind": problem.kind, "source_classes": info.source_outputs(problem)}
     kept, total = count_kept(artifact["masks"])
     meta = artifact["meta"]
     return {
@@ -40,10 +40,10 @@ def evaluate_target(problem: TargetProblem, artifact: dict, original, spec, mode
 
 def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out: Path) -> None:
     params = load_params()
-    spec, original, info = load_pretrained(pretrained_dir)
+    info, original = load_pretrained(pretrained_dir)
     per_target = {
         name: evaluate_target(TargetProblem.load(prepared_dir / f"{name}.pt"),
-                              load_artifact(reengineered_dir / f"{name}.pt"), original, spec, info["sha256"])
+                              load_artifact(reengineered_dir / f"{name}.pt"), original, info)
         for name in params.targets
     }
 
@@ -56,7 +56,7 @@ def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out: 
         "acc_reengineered": mean("acc_reengineered"),
         "weight_retention": mean("weight_retention"),
         "n_targets": len(per_target),
-        "model": spec.name,
+        "model": info.name,
         "targets": per_target,
     }
     write_json(metrics, out)

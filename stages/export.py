@@ -36,16 +36,16 @@ def check_same(masked, other, problem: TargetProblem, normalize, what: str, atol
 
 def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out_dir: Path, report_file: Path) -> None:
     params = load_params()
-    spec, original, info = load_pretrained(pretrained_dir)
-    shape = dict(input_size=spec.input_size, batch=params.export.batch, opset=params.export.opset)
+    info, original = load_pretrained(pretrained_dir)
+    shape = dict(input_size=info.input_size, batch=params.export.batch, opset=params.export.opset)
     report = {"original": export_onnx(original, out_dir / "original.onnx", **shape), "targets": {}}
-    normalize = Normalize(spec.mean, spec.std)
-    example = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    normalize = Normalize(info.mean, info.std)
+    example = torch.zeros(1, len(info.mean), info.input_size, info.input_size)
     for name in params.targets:
         problem = TargetProblem.load(prepared_dir / f"{name}.pt")
         masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
-        meta = {"model": spec.name, "target": name, "class_names": problem.class_names, "mean": list(spec.mean),
-                "std": list(spec.std), "input_size": spec.input_size, "input": "(x - mean) / std, x in [0, 1], NCHW"}
+        meta = {"model": info.name, "target": name, "class_names": problem.class_names, "mean": list(info.mean),
+                "std": list(info.std), "input_size": info.input_size, "input": "(x - mean) / std, x in [0, 1], NCHW"}
         save_exported(masked, example, out_dir / f"{name}.pt2", meta)
         compacted, summary = compact(masked, example)
         save_exported(compacted, example, out_dir / f"{name}.compact.pt2")

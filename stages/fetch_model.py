@@ -1,29 +1,22 @@
-"""DVC stage `fetch_model`: the pretrained checkpoint, hash-verified, into OUT (model.pt + model.json)."""
+"""DVC stage `fetch_model`: the pretrained model params.yaml names (a registry entry or your
+own), hash-verified, loaded and dry-run, into OUT (the checkpoint + model.json)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from seam.atomic import write_json
-from seam.download import file_digest
 from seam.errors import run_stage
+from seam.fetch import fetch_pretrained
 from seam.params import load_params
-from seam.fetch import fetch_model
-from seam.registry import get_spec, load_model
+from seam.pretrained import save_pretrained
 
 
 def main(out: Path) -> None:
     params = load_params()
-    name = params.model.name
-    spec = get_spec(name)
-    checkpoint = fetch_model(name, out / "model.pt")
-    load_model(spec, checkpoint)  # fail here, not three stages later, if it does not fit
-    write_json(
-        {"name": name, "url": spec.url, "sha256": file_digest(checkpoint), "num_classes": spec.num_classes,
-         "mean": list(spec.mean), "std": list(spec.std), "input_size": spec.input_size},
-        out / "model.json",
-    )
-    print(f"{name}: {checkpoint} verified")
+    record = fetch_pretrained(params.model, out)
+    save_pretrained(record, out)
+    print(f"{record.name}: {out / record.file} verified (sha256 {record.sha256[:12]}), {record.num_classes} outputs, "
+          f"input {len(record.mean)}x{record.input_size}x{record.input_size}, classifier {record.classifier}")
 
 
 if __name__ == "__main__":

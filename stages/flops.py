@@ -15,8 +15,8 @@ from seam.pretrained import load_pretrained, load_reengineered
 
 def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Path) -> None:
     params = load_params()
-    spec, original, info = load_pretrained(pretrained_dir)
-    size = spec.input_size
+    info, original = load_pretrained(pretrained_dir)
+    size = info.input_size
     flops_original = count_flops(original, size)
     _, weights_original = count_weights(original)
     per_target = {}
@@ -40,7 +40,7 @@ def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Pa
         t = per_target[name]
         print(f"{name}: FLOPs {flops_original / 1e6:.2f}M -> {flops_re / 1e6:.2f}M masked "
               f"({t['flops_reduction']:.1%} less), {flops_compact / 1e6:.2f}M compact; weights kept {kept}/{total}")
-    write_json({"model": spec.name, "input_size": size, "targets": per_target}, out)
+    write_json({"model": info.name, "input_size": size, "targets": per_target}, out)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
                           max_epochs=p.max_epochs, select_on=params.select_on, seed=params.seed)
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)
-    spec, original, info = load_pretrained(pretrained_dir)
+    info, original = load_pretrained(pretrained_dir)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on the CPU
 
     rows: list[dict] = []
@@ -38,19 +38,20 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
         rows.append(row)
         write_csv(rows, log)  # rewritten each epoch, so a long run can be watched
 
-    print(f"re-engineering {spec.name} for {target} ({problem.class_names}) on {device}", file=sys.stderr)
+    print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}", file=sys.stderr)
     start = time.perf_counter()
-    result = search(original, problem, mean=spec.mean, std=spec.std, config=config,
-                    stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch)
+    result = search(original, problem, mean=info.mean, std=info.std, config=config,
+                    stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch,
+                    source_outputs=info.source_outputs(problem))
     seconds = time.perf_counter() - start
     save_artifact(
         out,
         masks=result.masks,
         head=result.head,
         meta={
-            "model": spec.name,
-            "model_sha256": info["sha256"],
-            "num_outputs": spec.num_classes,
+            "model": info.name,
+            "model_sha256": info.sha256,
+            "num_outputs": info.num_classes,
             "target": {"name": problem.name, "kind": problem.kind, "source_classes": problem.source_classes,
                        "class_names": problem.class_names, "dataset": problem.dataset},
             "search": {**asdict(config), "early_stop": p.early_stop},

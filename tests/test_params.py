@@ -91,3 +91,13 @@ def test_missing_keys_are_named_with_their_defaults(tmp_path):
         load_params(file)
     assert str(info.value) == (f"{file}: missing key(s) seed (default: 0), reengineer.lr_mask (default: 0.05), "
                                "defects.seam.reengineer.threshold (default: 0.6)")
+
+
+def test_keys_whose_default_is_null_may_be_left_out(tmp_path):
+    raw = copy.deepcopy(YAML)
+    raw["model"] = {"name": "resnet32"}
+    del raw["benchmark"]["num_cores"]
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    params = load_params(file)
+    assert params.model.name == "resnet32" and params.model.checkpoint is None and params.benchmark.num_cores is None

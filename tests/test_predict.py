@@ -123,28 +123,26 @@ def test_bad_model_files(tmp_path, files):
     assert result.exit_code == 1 and "error:" in result.output
 
 
-def test_artifact_with_the_original_model(tmp_path, files, shared):
+def test_artifact_with_the_original_model(tmp_path, files, shared, monkeypatch):
     """An artifact + the fetched checkpoint predicts what its standalone archive does."""
     from seam.artifact import build_reengineered, load_artifact, save_artifact
-    from seam.atomic import write_json
-    from seam.download import file_digest
-    from seam.registry import get_spec, load_model
+    from seam.fetch import fetch_pretrained
+    from seam.params import ModelParams
+    from seam.pretrained import load_pretrained, save_pretrained
 
-    spec = get_spec("resnet20")
+    monkeypatch.setenv("SEAM_MODEL_MIRROR", str(shared / "models"))
     pretrained = tmp_path / "pretrained"
-    pretrained.mkdir()
-    shutil.copy(shared / "models" / spec.filename, pretrained / "model.pt")
-    write_json({"name": "resnet20", "sha256": file_digest(pretrained / "model.pt")}, pretrained / "model.json")
-    original = load_model(spec, pretrained / "model.pt")
+    save_pretrained(fetch_pretrained(ModelParams(), pretrained), pretrained)
+    info, original = load_pretrained(pretrained)
     g = torch.Generator().manual_seed(0)
     masks = {n: torch.rand(getattr(m, p).shape, generator=g) < 0.5 for n, m, p in maskable_tensors(original)}
     head = ReengineeredModel(original, 10, 2).head.state_dict()
-    meta = {"model": "resnet20", "model_sha256": file_digest(pretrained / "model.pt"), "num_outputs": 10,
+    meta = {"model": "resnet20", "model_sha256": info.sha256, "num_outputs": 10,
             "target": {"name": "t", "kind": "binary", "source_classes": [0], "class_names": ["a", "b"]}}
     save_artifact(tmp_path / "t.pt", masks=masks, head=head, meta=meta)
     net = build_reengineered(original, load_artifact(tmp_path / "t.pt"))
     save_exported(net, torch.zeros(1, 3, 32, 32), tmp_path / "t.pt2",
-                  {"class_names": ["a", "b"], "mean": list(spec.mean), "std": list(spec.std), "input_size": 32})
+                  {"class_names": ["a", "b"], "mean": info.mean, "std": info.std, "input_size": 32})
     by_artifact = list(predict_files(load_classifier(tmp_path / "t.pt", pretrained), image_files(files)))
     by_archive = list(predict_files(load_classifier(tmp_path / "t.pt2"), image_files(files)))
     assert [p for p, _ in by_artifact] == [p for p, _ in by_archive]

@@ -147,7 +147,7 @@ def test_load_accepts_wrappers(tmp_path: Path, wrap) -> None:
     assert not model.training
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    assert set(load_state_dict(get_spec("cifar10_resnet20"), path)) == set(source.state_dict())
+    assert set(load_state_dict("cifar10_resnet20", path)) == set(source.state_dict())
 
 
 def test_random_tensor_dict_is_rejected(tmp_path: Path) -> None:

@@ -1,0 +1,226 @@
+"""Any classifier from params.yaml: an architecture + checkpoint, or a torch.export archive;
+checked before any long work, and re-engineered through params alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+
+from conftest import REPO, TinyNet, tiny_target
+from seam.fetch import fetch_pretrained
+from seam.params import ModelParams
+from seam.pretrained import load_pretrained, save_pretrained
+from seam.registry import ModelError
+
+USER_CODE = '''
+import torch
+from torch import nn
+
+
+class VGGish(nn.Module):
+    """A VGG-style net whose classifier is nested: classifier.6."""
+
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * width, 16), nn.ReLU(), nn.Dropout(),
+                                        nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class FixedSize(nn.Module):
+    """Works at 8x8 only (a flatten into a fixed Linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 8 * 8, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def not_a_module():
+    return 42
+
+
+def broken(**kwargs):
+    raise RuntimeError("bad kwargs")
+
+
+NOT_CALLABLE = 1
+'''
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A working directory with the user's model code, a VGGish checkpoint and a .pt2 archive."""
+    (tmp_path / "usermodels.py").write_text(USER_CODE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usermodels", None)
+    import usermodels
+
+    torch.manual_seed(0)
+    vgg = usermodels.VGGish(num_classes=3).eval()
+    # Wrapped and DataParallel-prefixed, as checkpoints often are.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in vgg.state_dict().items()}}, tmp_path / "vgg.th")
+    tiny = TinyNet(num_classes=3).eval()
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(tiny, (torch.zeros(2, 3, 8, 8),), dynamic_shapes=({0: batch},)),
+                      tmp_path / "tiny.pt2")
+    torch.export.save(torch.export.export(tiny, (torch.zeros(1, 3, 8, 8),)), tmp_path / "fixed.pt2")
+    yield tmp_path
+    sys.modules.pop("usermodels", None)
+
+
+def params(**kw) -> ModelParams:
+    base = dict(name="mine", arch="usermodels:VGGish", kwargs={"num_classes": 3}, checkpoint="vgg.th",
+                mean=MEAN, std=STD, input_size=8)
+    return ModelParams(**{**base, **kw})
+
+
+def test_a_nested_classifier_is_found_and_the_model_rebuilds_from_model_json(project):
+    record = fetch_pretrained(params(), project / "out")
+    assert (record.num_classes, record.classifier, record.format) == (3, "classifier.6", "state_dict")
+    assert record.sha256 == hashlib.sha256((project / "vgg.th").read_bytes()).hexdigest()
+    save_pretrained(record, project / "out")
+    again, model = load_pretrained(project / "out")
+    assert again == record
+    import usermodels
+
+    torch.manual_seed(0)
+    reference = usermodels.VGGish(num_classes=3).eval()  # the weights the fixture saved
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_an_export_archive_needs_no_code(project):
+    record = fetch_pretrained(params(arch=None, kwargs={}, checkpoint="tiny.pt2"), project / "out")
+    assert (record.format, record.num_classes, record.classifier, record.file) == ("export", 3, None, "model.pt2")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch": "nosuchmodule:Net"}, "model.arch: cannot import 'nosuchmodule'"),
+    ({"arch": "usermodels:Missing"}, "model.arch: 'usermodels' has no callable 'Missing'"),
+    ({"arch": "usermodels:NOT_CALLABLE"}, "has no callable 'NOT_CALLABLE'"),
+    ({"arch": "usermodels:not_a_module", "kwargs": {}}, "returned a int, not an nn.Module"),
+    ({"arch": "usermodels:broken"}, r"usermodels:broken\(\*\*\{'num_classes': 3\}\) failed: RuntimeError: bad kwargs"),
+    ({"kwargs": {"num_classes": 5}}, "does not fit model mine; mis-shaped"),
+    ({"kwargs": {"num_classes": 3, "width": 4}}, "does not fit model mine"),
+    ({"sha256": "0" * 64}, "model.checkpoint: .*sha256"),
+    ({"checkpoint": "missing.th"}, "model.checkpoint: .*missing.th"),
+    ({"classifier": "classifier.4"}, "model.classifier: 'classifier.4' has 16 outputs but the model returns 3"),
+    ({"classifier": "features.0"}, "model.classifier: 'features.0' is not an nn.Linear"),
+    ({"classes": ["a", "b"]}, "model.classes: 2 names for 3 outputs"),
+    ({"mean": [0.5], "std": [0.5]}, "model.mean: 1 entries, but mine's first convolution takes 3 input channels"),
+    ({"arch": "usermodels:FixedSize", "kwargs": {}, "input_size": 16, "checkpoint": "fixed.th"},
+     r"model.input_size: a dry run of mine on a \[3, 3, 16, 16\] batch fails"),
+    ({"arch": None, "kwargs": {}, "checkpoint": "fixed.pt2"}, "model.checkpoint: .* needs a dynamic batch dimension"),
+    ({"arch": None, "kwargs": {}, "checkpoint": "vgg.pt2"}, "model.checkpoint: .*not a torch.export archive"),
+])
+def test_bad_models_are_refused_before_any_long_work(project, change, message):
+    if change.get("checkpoint") == "fixed.th":
+        import usermodels
+
+        torch.save(usermodels.FixedSize().state_dict(), project / "fixed.th")
+    if change.get("checkpoint") == "vgg.pt2":
+        shutil.copy(project / "vgg.th", project / "vgg.pt2")
+    with pytest.raises(ModelError, match=message):
+        fetch_pretrained(params(**change), project / "out")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"checkpoint": "https://example.invalid/w.th"}, "sha256: required for a checkpoint URL"),
+    ({"checkpoint": "tiny.pt2"}, "arch: a .pt2 archive holds its architecture"),
+    ({"arch": None}, "arch: required with a state-dict checkpoint"),
+    ({"mean": None}, "mean: required with model.checkpoint"),
+    ({"std": [0.25, 0.25]}, "std: 2 entries but mean has 3"),
+    ({"checkpoint": None}, "arch: only with model.checkpoint"),
+    ({"arch": "not a path"}, "String should match pattern"),
+])
+def test_bad_model_params(change, message):
+    with pytest.raises(ValidationError, match=message):
+        params(**change)
+
+
+def test_target_classes_map_by_name_or_by_index(project):
+    record = fetch_pretrained(params(classes=["cat", "dog", "bird"]), project / "out")
+    problem = dataclasses.replace(tiny_target(), kind="classes", class_names=["bird", "cat"], source_classes=[2, 3])
+    assert record.source_outputs(problem) == [2, 0]
+    binary = dataclasses.replace(tiny_target(), class_names=["dog", "not dog"], source_classes=[5])
+    assert record.source_outputs(binary) == [1]
+    with pytest.raises(ModelError, match=r"targets.tiny: \['fish'\] not among the model's classes"):
+        record.source_outputs(dataclasses.replace(binary, class_names=["fish", "not fish"]))
+    by_index = dataclasses.replace(record, classes=None)
+    assert by_index.source_outputs(dataclasses.replace(problem, source_classes=[2, 1])) == [2, 1]
+    with pytest.raises(ModelError, match="class index 3 is past the model's 3 outputs"):
+        by_index.source_outputs(problem)
+
+
+# ----------------------------------------------------------------------------- through the stages
+
+
+def run(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def reengineer_through_params(cwd: Path, model: dict, problem, epochs: int = 3) -> str:
+    """fetch_model + reengineer with `model` as params.yaml's model section; the per-epoch CSV."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"].update(model)
+    raw.update(device="cpu", targets={"t": {"binary": 0}})
+    raw["reengineer"].update(max_epochs=epochs, batch_size=16)
+    (cwd / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    problem.save(cwd / "data" / "t.pt")
+    run(cwd, "fetch_model.py", "pretrained")
+    run(cwd, "reengineer.py", "t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv")
+    assert (cwd / "out" / "t.pt").is_file()
+    return (cwd / "out" / "t.csv").read_text()
+
+
+@pytest.mark.parametrize("checkpoint", ["vgg.th", "tiny.pt2"])
+def test_own_models_reengineer_through_params_alone(project, checkpoint):
+    model = params(checkpoint=checkpoint, **({"arch": None, "kwargs": {}} if checkpoint.endswith("pt2") else {}))
+    log = reengineer_through_params(project, model.model_dump(), tiny_target())
+    assert log.startswith("epoch,phase,loss") and len(log.splitlines()) == 4
+
+
+def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch):
+    """The registry entry and the same checkpoint declared through arch give identical logs."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.arange(n) % 2
+
+    (trx, tr_y), (vx, vy), (tx, ty) = split(96), split(32), split(32)
+    problem = dataclasses.replace(tiny_target(), train_x=trx, train_y=tr_y, val_x=vx, val_y=vy, test_x=tx, test_y=ty,
+                                  class_names=["airplane", "not airplane"])
+    monkeypatch.setenv("SEAM_MODEL_MIRROR", str(shared / "models"))
+    by_name, by_arch = tmp_path / "name", tmp_path / "arch"
+    by_name.mkdir(), by_arch.mkdir()
+    a = reengineer_through_params(by_name, {"name": "resnet20"}, problem, epochs=2)
+    b = reengineer_through_params(by_arch, {
+        "name": "resnet20", "arch": "seam.architectures:cifar_resnet", "kwargs": {"depth": 20, "num_classes": 10},
+        "checkpoint": str(shared / "models" / "resnet20-12fca82f.th"),
+        "sha256": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": 32,
+        "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+        problem, epochs=2)
+    assert a == b
