@@ -3,17 +3,28 @@ own), hash-verified, loaded and dry-run, into OUT (the checkpoint + model.json).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from seam.errors import run_stage
 from seam.fetch import fetch_pretrained
 from seam.params import load_params
-from seam.pretrained import save_pretrained
+from seam.pretrained import FILES, save_pretrained
 
 
 def main(out: Path) -> None:
     params = load_params()
-    record = fetch_pretrained(params.model, out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Fetched and checked aside, so a model that fails a check leaves OUT as it was. A copy
+    # already in OUT (DVC persists it) is offered first: fetching verifies it by hash and
+    # downloads only if it does not match.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        for name in FILES.values():
+            if (out / name).is_file():
+                os.link(out / name, Path(tmp) / name)
+        record = fetch_pretrained(params.model, tmp)
+        os.replace(Path(tmp) / record.file, out / record.file)
     save_pretrained(record, out)
     print(f"{record.name}: {out / record.file} verified (sha256 {record.sha256[:12]}), {record.num_classes} outputs, "
           f"input {len(record.mean)}x{record.input_size}x{record.input_size}, classifier {record.classifier}")

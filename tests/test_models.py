@@ -224,3 +224,17 @@ def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch)
         "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
         problem, epochs=2)
     assert a == b
+
+
+def test_a_refused_model_leaves_the_fetched_one_in_place(project):
+    reengineer_through_params(project, params().model_dump(), tiny_target(), epochs=1)
+    before = {p.name: p.read_bytes() for p in (project / "pretrained").iterdir()}
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["model"].update(classifier="classifier.4")
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "fetch_model.py"), "pretrained"], cwd=project,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: model.classifier: 'classifier.4' has 16 outputs")
+    assert "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (project / "pretrained").iterdir()} == before
+    assert not [p for p in project.iterdir() if p.name.startswith(".pretrained.")]
