@@ -50,6 +50,13 @@ class PretrainedModel:
             return load_exported(path)
         return load_weights(build_arch(self.arch, self.kwargs), path, self.name)
 
+    def final_layer(self) -> str:
+        """The classifier's path, for the stages that replace it (defect inheritance)."""
+        if self.classifier is None:
+            raise ModelError(f"model.classifier: {self.name} has no nn.Linear output layer to replace (a .pt2 "
+                             "archive has none); the defect-inheritance stages need arch + a state dict")
+        return self.classifier
+
     def source_outputs(self, problem: TargetProblem) -> list[int]:
         """The model's output index of each of the problem's source classes: by name where the
         model's classes are known, else by index (dataset class i is output i)."""

@@ -22,7 +22,7 @@ def main(problem_file: Path, pretrained_dir: Path, out: Path) -> None:
     check_images(info, problem, str(problem_file))
     attack = params.defects.attack.model_dump(exclude={"clip"})
     clip = tuple(params.defects.attack.clip)
-    adv = generate_adversarial(feature_extractor(pretrained, info.classifier), problem.test_x, mean=info.mean,
+    adv = generate_adversarial(feature_extractor(pretrained, info.final_layer()), problem.test_x, mean=info.mean,
                                std=info.std, clip=clip, seed=params.seed, device=resolve_device(params.device),
                                **attack)
     save_torch({"inputs": adv, "labels": problem.test_y, "attack": {**attack, "clip": list(clip)}}, out)

@@ -32,6 +32,7 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     problem = TargetProblem.load(problem_file)
     info, pretrained = load_pretrained(pretrained_dir)
     check_images(info, problem, str(problem_file))
+    classifier = info.final_layer()
     rows: list[dict] = []
 
     def on_epoch(step: str, row: dict) -> None:
@@ -42,17 +43,17 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     print(f"fine-tuning ({flow.value}) {info.name} on {problem.class_names} ({len(problem.train_y)} images) "
           f"on {device}", file=sys.stderr)
     if flow is Flow.standard:
-        model, summary = standard(pretrained, info.classifier, problem, on_epoch=lambda r: on_epoch("finetune", r),
+        model, summary = standard(pretrained, classifier, problem, on_epoch=lambda r: on_epoch("finetune", r),
                                   **common)
     else:
         step1, step2 = params.defects.seam.output_layer, params.defects.seam.reengineer
         head_config = replace(config, train_only_output=True, **step1.model_dump())
         search_config = SearchConfig(**step2.model_dump(exclude={"threshold"}), select_on=params.select_on,
                                      seed=params.seed)
-        model, summary = seam_flow(pretrained, info.classifier, problem, head_config=head_config,
+        model, summary = seam_flow(pretrained, classifier, problem, head_config=head_config,
                                    search_config=search_config, threshold=step2.threshold, on_epoch=on_epoch, **common)
     save_finetuned(out, model, {
-        "flow": flow.value, "model": info.name, "model_sha256": info.sha256, "classifier": info.classifier,
+        "flow": flow.value, "model": info.name, "model_sha256": info.sha256, "classifier": classifier,
         "num_classes": problem.num_classes, "dropout": dropout, **summary})
     print(f"{flow.value}: {summary}", file=sys.stderr)
 

@@ -238,3 +238,9 @@ def test_a_refused_model_leaves_the_fetched_one_in_place(project):
     assert "Traceback" not in proc.stderr
     assert {p.name: p.read_bytes() for p in (project / "pretrained").iterdir()} == before
     assert not [p for p in project.iterdir() if p.name.startswith(".pretrained.")]
+
+
+def test_an_archive_cannot_be_fine_tuned_and_says_so(project):
+    record = fetch_pretrained(params(arch=None, kwargs={}, checkpoint="tiny.pt2"), project / "out")
+    with pytest.raises(ModelError, match="model.classifier: mine has no nn.Linear output layer to replace"):
+        record.final_layer()
