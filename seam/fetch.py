@@ -1,15 +1,15 @@
-"""Fetching a registry model's checkpoint: from its upstream URL or an offline mirror, verified by hash.
+"""Fetching the pretrained model: a registry entry from its upstream URL or an offline mirror,
+or any checkpoint from its path or URL; verified by hash, loaded and dry-run.
 
-Kept apart from ``seam.registry`` so that stages which only load a fetched checkpoint do not
-depend on the download code.
+Kept apart from ``seam.registry`` and ``seam.pretrained`` so that stages which only load a
+fetched checkpoint do not depend on the download code.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from seam import download
 from seam.errors import SeamError
