@@ -14,6 +14,7 @@ from torch import nn
 
 from seam.artifact import build_reengineered, load_artifact
 from seam.atomic import write_json
+from seam.masking import maskable_tensors
 from seam.problem import TargetProblem
 from seam.registry import ModelError, build_arch, load_weights
 
@@ -96,6 +97,9 @@ def check_model(record: PretrainedModel, model: nn.Module) -> PretrainedModel:
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
         raise ModelError(f"model: {record.name} must return [batch, classes] logits, "
                          f"got {list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    if not maskable_tensors(model):
+        raise ModelError(f"model: {record.name} has no weight SeaM can mask: no Conv/Linear module, and no "
+                         "aten conv/linear op reading a weight in its graph")
     num_classes = out.shape[1]
     if record.classes is not None and len(record.classes) != num_classes:
         raise ModelError(f"model.classes: {len(record.classes)} names for {num_classes} outputs")

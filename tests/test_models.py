@@ -52,6 +52,15 @@ class FixedSize(nn.Module):
         return self.fc(self.conv(x).flatten(1))
 
 
+class NoWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.mean((2, 3)) * self.scale
+
+
 def not_a_module():
     return 42
 
@@ -129,6 +138,7 @@ def test_an_export_archive_needs_no_code(project):
     ({"mean": [0.5], "std": [0.5]}, "model.mean: 1 entries, but mine's first convolution takes 3 input channels"),
     ({"arch": "usermodels:FixedSize", "kwargs": {}, "input_size": 16, "checkpoint": "fixed.th"},
      r"model.input_size: a dry run of mine on a \[3, 3, 16, 16\] batch fails"),
+    ({"arch": "usermodels:NoWeights", "kwargs": {}, "checkpoint": "empty.th"}, "model: mine has no weight SeaM can mask"),
     ({"arch": None, "kwargs": {}, "checkpoint": "fixed.pt2"}, "model.checkpoint: .* needs a dynamic batch dimension"),
     ({"arch": None, "kwargs": {}, "checkpoint": "vgg.pt2"}, "model.checkpoint: .*not a torch.export archive"),
 ])
@@ -137,6 +147,8 @@ def test_bad_models_are_refused_before_any_long_work(project, change, message):
         import usermodels
 
         torch.save(usermodels.FixedSize().state_dict(), project / "fixed.th")
+    if change.get("checkpoint") == "empty.th":
+        torch.save({"scale": torch.ones(1)}, project / "empty.th")
     if change.get("checkpoint") == "vgg.pt2":
         shutil.copy(project / "vgg.th", project / "vgg.pt2")
     with pytest.raises(ModelError, match=message):
