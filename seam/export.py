@@ -87,13 +87,17 @@ def _add_metadata(path: Path, meta: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
+def onnx_session(path: str | os.PathLike) -> Any:
+    """An onnxruntime CPU session for the ONNX file at `path`, logging errors only."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
+    (out,) = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x})
     return np.asarray(out)
 
 

@@ -38,7 +38,7 @@ META_FILE = "seam.json"
 
 
 class ExportedModelError(SeamError, ValueError):
-    """A saved compact model cannot be written or read."""
+    """A model archive cannot be written or read."""
 
 
 def _check_suffix(path: Path) -> None:

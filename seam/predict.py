@@ -73,14 +73,10 @@ def _with_meta(path: Path, meta: dict, run: Callable) -> Classifier:
 
 
 def _onnx_classifier(path: Path) -> Classifier:
-    import onnxruntime as ort
+    from seam.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, onnx_session
 
-    from seam.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path)
     except Exception as exc:  # onnxruntime's own types
         raise PredictError(f"{path}: not an ONNX model onnxruntime can run: {exc}") from exc
     meta = json.loads(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
