@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -90,10 +90,10 @@ def check_model(record: PretrainedModel, model: nn.Module) -> PretrainedModel:
     except Exception as exc:  # whatever the model raises on that input
         hint = ("; a .pt2 archive needs a dynamic batch dimension (torch.export.export(..., "
                 "dynamic_shapes=({0: torch.export.Dim('batch')},)))" if record.format == "export" else "")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         key = "model.checkpoint" if hint else "model.input_size"
         raise ModelError(f"{key}: a dry run of {record.name} on a {list(x.shape)} batch fails: "
-                         f"{type(exc).__name__}: {first}{hint}") from exc
+                         f"{type(exc).__name__}: {first_line}{hint}") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
         raise ModelError(f"model: {record.name} must return [batch, classes] logits, "
                          f"got {list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
@@ -103,8 +103,7 @@ def check_model(record: PretrainedModel, model: nn.Module) -> PretrainedModel:
     num_classes = out.shape[1]
     if record.classes is not None and len(record.classes) != num_classes:
         raise ModelError(f"model.classes: {len(record.classes)} names for {num_classes} outputs")
-    return PretrainedModel(**{**asdict(record), "num_classes": num_classes,
-                              "classifier": _classifier(model, record.classifier, num_classes)})
+    return replace(record, num_classes=num_classes, classifier=_classifier(model, record.classifier, num_classes))
 
 
 def _classifier(model: nn.Module, given: str | None, num_classes: int) -> str | None:
