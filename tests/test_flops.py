@@ -1,7 +1,6 @@
 import logging
 import warnings
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
