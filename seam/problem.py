@@ -92,3 +92,9 @@ class TargetProblem:
             order = torch.sort(torch.cat(keep)).values if keep else torch.zeros(0, dtype=torch.long)
             changes[f"{split}_x"], changes[f"{split}_y"] = x[order], y[order]
         return replace(self, **changes)
+
+    def capped(self, train_per_class: int | None, test_per_class: int | None, *, seed: int) -> "TargetProblem":
+        """A CPU-sized copy: at most ``train_per_class`` training and ``test_per_class`` test
+        images per label (None: all), and validation images in proportion to the training cap."""
+        val_cap = None if train_per_class is None else max(1, round(train_per_class * self.val_fraction))
+        return self.subsample({"train": train_per_class, "val": val_cap, "test": test_per_class}, seed=seed)

@@ -5,6 +5,8 @@ Spec forms under `targets:` in params.yaml (name -> spec, exactly one kind key):
                            random (fixed seed) from the other classes (label 1), per split
   {classes: [i, j, ...]}   multi-class subset, labels re-indexed 0..K-1 in the given order
   {superclass: s}          CIFAR-100 superclass s: its fine classes (by fine index) -> 0..K-1
+Any of them may add ``train_per_class: n`` / ``test_per_class: n``: at most n images per
+label in that split (a CPU-sized slice, drawn with the seed; validation images in proportion).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from seam.datasets import RawDataset
 from seam.problem import TargetError, TargetProblem
 
 KINDS = ("binary", "classes", "superclass")
+CAPS = ("train_per_class", "test_per_class")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -30,6 +33,8 @@ class TargetSpec:
     kind: str  # "binary" | "classes" | "superclass"
     source_classes: list[int]  # original class indices; for binary: [c]
     class_names: list[str]  # names of the K new labels
+    train_per_class: int | None = None  # at most this many training images per label (None: all)
+    test_per_class: int | None = None
 
 
 def _class_index(ref: Any, raw: RawDataset, where: str) -> int:
@@ -66,14 +71,25 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise TargetError(f"targets: bad target name {name!r}; must match {NAME_RE.pattern}")
     where = f"targets.{name}"
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+    kinds = [k for k in spec if k in KINDS] if isinstance(spec, dict) else []
+    if len(kinds) != 1:
         keys = list(spec) if isinstance(spec, dict) else spec
         raise TargetError(f"{where}: expected exactly one of {list(KINDS)} as key, got {keys!r}")
-    kind, value = next(iter(spec.items()))
+    unknown = [k for k in spec if k not in KINDS and k not in CAPS]
+    if unknown:
+        raise TargetError(f"{where}: unknown key(s) {unknown}; besides the kind only {list(CAPS)}")
+    caps = {}
+    for key in CAPS:
+        n = spec.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise TargetError(f"{where}.{key}: expected a positive number of images per label, got {n!r}")
+        caps[key] = n
+    kind = kinds[0]
+    value = spec[kind]
     where = f"{where}.{kind}"
     if kind == "binary":
         c = _class_index(value, raw, where)
-        return TargetSpec(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"])
+        return TargetSpec(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"], **caps)
     if kind == "classes":
         if not isinstance(value, list):
             raise TargetError(f"{where}: expected a list of class indices or names, got {value!r}")
@@ -85,7 +101,7 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
         idx = _superclass_members(value, raw, where)
     if len(idx) < 2:
         raise TargetError(f"{where}: needs at least 2 classes, got {len(idx)}")
-    return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx])
+    return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx], **caps)
 
 
 def _check_present(raw: RawDataset, problem: TargetSpec) -> None:
@@ -159,7 +175,7 @@ def build_target(raw: RawDataset, problem: TargetSpec, *, seed: int, val_fractio
         return imgs.index_select(0, pos)
 
     test_idx, test_y = splits["test"]
-    return TargetProblem(
+    full = TargetProblem(
         train_x=take(raw.train.images, train_idx[keep_pos]),
         train_y=train_y[keep_pos].clone(),
         val_x=take(raw.train.images, train_idx[val_pos]),
@@ -174,3 +190,6 @@ def build_target(raw: RawDataset, problem: TargetSpec, *, seed: int, val_fractio
         seed=int(seed),
         val_fraction=float(val_fraction),
     )
+    if problem.train_per_class is None and problem.test_per_class is None:
+        return full
+    return full.capped(problem.train_per_class, problem.test_per_class, seed=seed)

@@ -13,14 +13,10 @@ from seam.targets import build_target, parse_targets
 
 def main(raw_dir: Path, out: Path) -> None:
     params = load_params()
-    val_fraction = params.prepare.val_fraction
     raw = load_dataset(params.dataset, raw_dir)
     (spec,) = parse_targets({"defects": params.defects.target}, raw)
-    problem = build_target(raw, spec, seed=params.seed, val_fraction=val_fraction)
-    train_cap = params.defects.train_per_class
-    val_cap = None if train_cap is None else max(1, round(train_cap * val_fraction))
-    caps = {"train": train_cap, "val": val_cap, "test": params.defects.test_per_class}
-    problem = problem.subsample(caps, seed=params.seed)
+    problem = build_target(raw, spec, seed=params.seed, val_fraction=params.prepare.val_fraction)
+    problem = problem.capped(params.defects.train_per_class, params.defects.test_per_class, seed=params.seed)
     problem.save(out)
     print(f"defects target: {spec.kind} {spec.class_names}: train {len(problem.train_y)} "
           f"val {len(problem.val_y)} test {len(problem.test_y)}")

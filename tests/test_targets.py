@@ -97,6 +97,10 @@ def test_parse_all_kinds() -> None:
         ({"t1": {"classes": 3}}, r"targets\.t1\.classes: expected a list"),
         ({"t1": {"superclass": 0}}, r"targets\.t1\.superclass: dataset 'synthetic' has no superclasses"),
         ("binary: 0", r"targets: expected a mapping"),
+        ({"t1": {"train_per_class": 5}}, r"targets\.t1: expected exactly one of"),
+        ({"t1": {"binary": 0, "per_class": 5}}, r"targets\.t1: unknown key\(s\) \['per_class'\]; besides the kind"),
+        ({"t1": {"binary": 0, "train_per_class": 0}}, r"targets\.t1\.train_per_class: expected a positive number"),
+        ({"t1": {"binary": 0, "test_per_class": True}}, r"targets\.t1\.test_per_class: expected a positive number"),
     ],
 )
 def test_parse_errors(raw: RawDataset, specs: object, pattern: str) -> None:
@@ -286,3 +290,20 @@ def test_subsample_caps_each_label_deterministically():
     assert torch.equal(a.test_y, data.test_y)  # splits not named are kept whole
     with pytest.raises(TargetError, match="positive integer"):
         data.subsample({"train": 0}, seed=1)
+
+
+def test_spec_caps_images_per_label(raw: RawDataset) -> None:
+    spec = {"t": {"classes": [0, 1, 5], "train_per_class": 4, "test_per_class": 2}}
+    (p,) = parse_targets(spec, raw)
+    assert (p.train_per_class, p.test_per_class) == (4, 2)
+    data = build_target(raw, p, seed=0, val_fraction=0.25)
+    assert torch.bincount(data.train_y).tolist() == [4, 4, 4]
+    assert torch.bincount(data.val_y).tolist() == [1, 1, 1]  # in proportion: round(4 * 0.25)
+    assert torch.bincount(data.test_y).tolist() == [2, 2, 2]
+    again = build_target(raw, p, seed=0, val_fraction=0.25)
+    assert torch.equal(again.train_x, data.train_x) and torch.equal(again.test_x, data.test_x)
+    # a slice of the uncapped problem: the same images, never ones from another split or class
+    (whole,) = parse_targets({"t": {"classes": [0, 1, 5]}}, raw)
+    full = build_target(raw, whole, seed=0, val_fraction=0.25)
+    assert set(original_index(data.train_x)) <= set(original_index(full.train_x))
+    assert set(original_index(data.test_x)) <= set(original_index(full.test_x))
