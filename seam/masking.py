@@ -139,3 +139,29 @@ def apply_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> nn.Mod
             raise ValueError(f"mask {name} has shape {tuple(mask.shape)}, the model's tensor {tuple(tensor.shape)}")
         tensor.mul_(mask.to(tensor.device, tensor.dtype))
     return model
+
+
+class FixedMask(nn.Module):
+    """Parametrization ``tensor -> tensor * mask`` with a fixed bool mask (a buffer)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.clone())
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * self.mask.to(tensor.dtype)
+
+
+def hold_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> None:
+    """Hold the masked-out entries of the named tensors at zero while the others train
+    (until :func:`release_masks`)."""
+    for name, mask in bool_masks.items():
+        module_name, _, pname = name.rpartition(".")
+        parametrize.register_parametrization(model.get_submodule(module_name), pname, FixedMask(mask))
+
+
+def release_masks(model: nn.Module, names) -> None:
+    """Turn the tensors :func:`hold_masks` parametrized back into plain (masked) parameters."""
+    for name in names:
+        module_name, _, pname = name.rpartition(".")
+        parametrize.remove_parametrizations(model.get_submodule(module_name), pname, leave_parametrized=True)

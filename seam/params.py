@@ -103,6 +103,18 @@ class ReengineerParams(Section):
     early_stop: NonNegativeInt = 15   # 0: never stop early
 
 
+class RetrainParams(Section):
+    """Table IV: the same architecture trained from scratch on each listed target (SGD, one lr)."""
+
+    targets: Annotated[list[str], Field(min_length=1)] = ["vehicles"]   # names from `targets`
+    lr: Positive = 0.1
+    momentum: NonNegative = 0.9
+    weight_decay: NonNegative = 0.0001
+    batch_size: PositiveInt = 64
+    max_epochs: PositiveInt = 60
+    early_stop: NonNegativeInt = 15   # 0: never stop early
+
+
 class ExportParams(Section):
     batch: PositiveInt = 16
     opset: Annotated[int, Field(ge=7)] = 13
@@ -150,6 +162,14 @@ class SeamFlowParams(Section):
     reengineer: SeamReengineerParams = SeamReengineerParams()
 
 
+class RemosParams(Section):
+    """ReMoS (the RQ3 baseline): slice by coverage and magnitude, then fine-tune as `finetune`."""
+
+    ratio: Annotated[float, Field(gt=0, lt=1)] = 0.1            # share of the conv weights removed
+    coverage_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    keep_mask: bool = False    # keep the removed weights at zero while fine-tuning (ReMoS does not)
+
+
 class AttackParams(Section):
     eps: Positive = 0.1
     nb_iter: PositiveInt = 40
@@ -164,6 +184,7 @@ class DefectsParams(Section):
     test_per_class: Optional[PositiveInt] = 300
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     finetune: FinetuneParams = FinetuneParams()
+    remos: RemosParams = RemosParams()
     seam: SeamFlowParams = SeamFlowParams()
     attack: AttackParams = AttackParams()
 
@@ -177,12 +198,23 @@ class Params(Section):
     select_on: Literal["val", "test"] = "val"
     dataset: DatasetParams = DatasetParams()
     model: ModelParams = ModelParams()
-    targets: dict[str, Any] = {"airplane": {"binary": 0}}  # checked against the dataset by seam.targets
+    # checked against the dataset by seam.targets
+    targets: dict[str, Any] = {"airplane": {"binary": 0},
+                               "vehicles": {"classes": ["airplane", "automobile", "ship", "truck"],
+                                            "train_per_class": 500}}
     prepare: PrepareParams = PrepareParams()
     reengineer: ReengineerParams = ReengineerParams()
+    retrain: RetrainParams = RetrainParams()
     export: ExportParams = ExportParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     defects: DefectsParams = DefectsParams()
+
+    @model_validator(mode="after")
+    def _retrain_known_targets(self) -> "Params":
+        unknown = [t for t in self.retrain.targets if t not in self.targets]
+        if unknown:
+            raise ValueError(f"retrain.targets: {unknown} not in targets (known: {list(self.targets)})")
+        return self
 
 
 def _describe(error: dict) -> str:
@@ -190,7 +222,7 @@ def _describe(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "value_error":  # a check across keys: its message names the key
-        return f"{key}.{error['ctx']['error']}"
+        return f"{key}.{error['ctx']['error']}" if error["loc"] else str(error["ctx"]["error"])
     return f"{key}: {error['msg']}, got {error['input']!r}"
 
 

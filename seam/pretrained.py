@@ -51,6 +51,16 @@ class PretrainedModel:
             return load_exported(path)
         return load_weights(build_arch(self.arch, self.kwargs), path, self.name)
 
+    def untrained(self, seed: int) -> nn.Module:
+        """The architecture with its own random initialisation (seeded; the global RNG is left as
+        it was), for retraining from scratch."""
+        if self.format == "export":
+            raise ModelError(f"model.checkpoint: {self.name} is a .pt2 archive, a trained graph without its "
+                             "architecture's code; retraining from scratch needs model.arch + a state dict")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_arch(self.arch, self.kwargs).eval()
+
     def final_layer(self) -> str:
         """The classifier's path, for the stages that replace it (defect inheritance)."""
         if self.classifier is None:

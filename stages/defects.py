@@ -1,5 +1,5 @@
-"""DVC stage `defects`: ACC and DIR of the standard and the SeaM fine-tuned models
-(metrics/defect_inheritance.json)."""
+"""DVC stage `defects`: ACC, DIR and removed share of the standard, ReMoS and SeaM
+fine-tuned models, on the same malicious inputs (metrics/defect_inheritance.json)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from seam.pretrained import load_pretrained
 from seam.problem import TargetProblem
 from seam.reuse import load_finetuned
 
-FLOWS = ("standard", "seam")
+FLOWS = ("standard", "remos", "seam")
 
 
 def main(problem_file: Path, adversarial_file: Path, pretrained_dir: Path, finetuned_dir: Path, out: Path) -> None:
@@ -31,24 +31,24 @@ def main(problem_file: Path, adversarial_file: Path, pretrained_dir: Path, finet
         model, meta = load_finetuned(finetuned_dir / f"{flow}.pt", pretrained)
         clean = predict(model, problem.test_x, normalize)
         attacked = predict(model, adv["inputs"], lambda x: x)  # already normalised
-        result[flow] = {**defect_metrics(clean, attacked, problem.test_y), **meta}
-    metrics = {
-        "acc_standard": result["standard"]["acc"],
-        "dir_standard": result["standard"]["dir"],
-        "acc_seam": result["seam"]["acc"],
-        "dir_seam": result["seam"]["dir"],
+        meta.pop("removed_per_layer", None)  # in the model file; too long for `dvc metrics show`
+        result[flow] = {**defect_metrics(clean, attacked, problem.test_y), "removed_rate": 0.0, **meta}
+    metrics = {}
+    for flow in FLOWS:
+        metrics |= {f"acc_{flow}": result[flow]["acc"], f"dir_{flow}": result[flow]["dir"],
+                    f"removed_rate_{flow}": result[flow]["removed_rate"]}
+    metrics |= {
         "dir_reduction": result["standard"]["dir"] - result["seam"]["dir"],
-        "removed_rate_seam": result["seam"]["removed_rate"],
         "settings": {"model": info.name, "classes": problem.class_names, "test_images": len(problem.test_y),
                      "attack": adv["attack"], "dropout": params.defects.dropout,
-                     "threshold": params.defects.seam.reengineer.threshold},
-        "standard": result["standard"],
-        "seam": result["seam"],
+                     "threshold": params.defects.seam.reengineer.threshold, "remos_ratio": params.defects.remos.ratio,
+                     "remos_keep_mask": params.defects.remos.keep_mask},
+        **result,
     }
     write_json(metrics, out)
-    print(f"standard: ACC {metrics['acc_standard']:.4f} DIR {metrics['dir_standard']:.4f}; "
-          f"SeaM: ACC {metrics['acc_seam']:.4f} DIR {metrics['dir_seam']:.4f} "
-          f"(removed {metrics['removed_rate_seam']:.1%})")
+    for flow in FLOWS:
+        print(f"{flow:>8}: ACC {result[flow]['acc']:.4f}  DIR {result[flow]['dir']:.4f}  "
+              f"removed {result[flow]['removed_rate']:.1%}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""DVC stages `finetune_standard` and `finetune_seam`: reuse the pretrained model on the
-defect-inheritance target by standard fine-tuning, or by SeaM's three-step flow."""
+"""DVC stages `finetune_standard`, `finetune_remos` and `finetune_seam`: reuse the pretrained
+model on the defect-inheritance target by standard fine-tuning, by ReMoS (slice, then
+fine-tune) or by SeaM's three-step flow."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from seam.finetune import FinetuneConfig
 from seam.params import load_params
 from seam.pretrained import check_images, load_pretrained
 from seam.problem import TargetProblem
+from seam.remos import remos_flow
 from seam.reuse import save_finetuned, seam_flow, standard
 from seam.search import SearchConfig
 
 
 class Flow(str, Enum):
     standard = "standard"
+    remos = "remos"
     seam = "seam"
 
 
@@ -45,6 +48,9 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     if flow is Flow.standard:
         model, summary = standard(pretrained, classifier, problem, on_epoch=lambda r: on_epoch("finetune", r),
                                   **common)
+    elif flow is Flow.remos:
+        model, summary = remos_flow(pretrained, classifier, problem, **params.defects.remos.model_dump(),
+                                    on_epoch=on_epoch, **common)
     else:
         step1, step2 = params.defects.seam.output_layer, params.defects.seam.reengineer
         head_config = replace(config, train_only_output=True, **step1.model_dump())
@@ -55,7 +61,10 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     save_finetuned(out, model, {
         "flow": flow.value, "model": info.name, "model_sha256": info.sha256, "classifier": classifier,
         "num_classes": problem.num_classes, "dropout": dropout, **summary})
-    print(f"{flow.value}: {summary}", file=sys.stderr)
+    per_layer = summary.pop("removed_per_layer", {})
+    for name, share in per_layer.items():
+        print(f"  removed {share:6.1%} of {name}", file=sys.stderr)
+    print(f"{flow.value}: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,18 @@ class NoWeights(nn.Module):
         return x.mean((2, 3)) * self.scale
 
 
+class MLP(nn.Module):
+    """No convolution: ReMoS has nothing to slice."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.hidden = nn.Linear(3 * 8 * 8, 16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.hidden(x.flatten(1))))
+
+
 def not_a_module():
     return 42
 
@@ -198,6 +210,7 @@ def reengineer_through_params(cwd: Path, model: dict, problem, epochs: int = 3) 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model"].update(model)
     raw.update(device="cpu", targets={"t": {"binary": 0}})
+    raw["retrain"]["targets"] = ["t"]
     raw["reengineer"].update(max_epochs=epochs, batch_size=16)
     (cwd / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     problem.save(cwd / "data" / "t.pt")
@@ -256,3 +269,71 @@ def test_an_archive_cannot_be_fine_tuned_and_says_so(project):
     record = fetch_pretrained(params(arch=None, kwargs={}, checkpoint="tiny.pt2"), project / "out")
     with pytest.raises(ModelError, match="model.classifier: mine has no nn.Linear output layer to replace"):
         record.final_layer()
+
+
+# ----------------------------------------------------------------------------- RQ3 baselines on a user's model
+
+
+def baseline_project(cwd: Path, model: dict, **defects) -> dict:
+    """params.yaml for the ReMoS / retraining stages on `model`, and a fetched pretrained model."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["model"].update(model)
+    raw.update(device="cpu", targets={"t": {"classes": [0, 1]}})
+    raw["retrain"].update(targets=["t"], max_epochs=2, batch_size=16)
+    raw["defects"]["finetune"].update(max_epochs=2, batch_size=16)
+    raw["defects"]["remos"].update(defects)
+    (cwd / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    tiny_target().save(cwd / "data" / "t.pt")
+    run(cwd, "fetch_model.py", "pretrained")
+    return raw
+
+
+def run_fails(cwd: Path, script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_remos_and_retraining_run_on_a_users_model(project):
+    baseline_project(project, params().model_dump())
+    out = run(project, "finetune.py", "remos", "data/t.pt", "pretrained", "out/remos.pt", "out/remos.csv")
+    assert f"removed_rate_conv {21 / 216}" in out.stderr  # int(0.1 * 216) of the 216 conv weights
+    saved = torch.load(project / "out" / "remos.pt", weights_only=True)
+    assert saved["meta"]["flow"] == "remos" and set(saved["meta"]["removed_per_layer"]) == {"features.0.weight"}
+    run(project, "retrain.py", "t", "data/t.pt", "pretrained", "out/retrained.pt", "out/retrained.csv")
+    meta = torch.load(project / "out" / "retrained.pt", weights_only=True)["meta"]
+    assert meta["flow"] == "retrain" and meta["epochs_run"] == 2 and meta["seconds"] > 0
+    assert len((project / "out" / "retrained.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_untrained_is_the_architecture_freshly_initialised(project):
+    record = fetch_pretrained(params(), project / "out")
+    a, b = record.untrained(seed=1), record.untrained(seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    save_pretrained(record, project / "out")
+    _, trained = load_pretrained(project / "out")
+    assert not torch.equal(a.features[0].weight, trained.features[0].weight)
+    assert not torch.equal(a.features[0].weight, record.untrained(seed=2).features[0].weight)
+    archive = fetch_pretrained(params(arch=None, kwargs={}, checkpoint="tiny.pt2"), project / "out2")
+    with pytest.raises(ModelError, match="model.checkpoint: mine is a .pt2 archive.*retraining from scratch needs"):
+        archive.untrained(seed=0)
+
+
+def test_remos_bad_input_is_refused_and_nothing_written(project):
+    import usermodels
+
+    torch.save(usermodels.MLP().state_dict(), project / "mlp.th")
+    raw = baseline_project(project, params(arch="usermodels:MLP", kwargs={}, checkpoint="mlp.th").model_dump())
+    args = ("remos", "data/t.pt", "pretrained", "out/remos.pt", "out/remos.csv")
+    err = run_fails(project, "finetune.py", *args)
+    assert "error: MLP has no nn.Conv2d layer: ReMoS slices convolution kernels" in err
+    raw["defects"]["remos"]["ratio"] = 1.0
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert "defects.remos.ratio: Input should be less than 1" in run_fails(project, "finetune.py", *args)
+    raw["defects"]["remos"]["ratio"] = 0.1
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    empty = tiny_target()
+    dataclasses.replace(empty, train_x=empty.train_x[:0], train_y=empty.train_y[:0]).save(project / "data" / "t.pt")
+    assert "target problem 'tiny' has no training images" in run_fails(project, "finetune.py", *args)
+    assert not (project / "out").exists()

@@ -51,6 +51,10 @@ def with_value(path: str, value):
     ("defects.finetune.lr_output", 0, "defects.finetune.lr_output: Input should be greater than 0"),
     ("defects.dropout", 1.0, "defects.dropout: Input should be less than 1"),
     ("defects.attack.clip", [1.0], "defects.attack.clip: List should have at least 2 items"),
+    ("defects.remos.ratio", 0, "defects.remos.ratio: Input should be greater than 0"),
+    ("defects.remos.ratio", 1.0, "defects.remos.ratio: Input should be less than 1"),
+    ("defects.remos.keep_mask", "yes", "defects.remos.keep_mask: Input should be a valid boolean"),
+    ("retrain.targets", [], "retrain.targets: List should have at least 1 item"),
     ("defects.train_per_class", 0, "defects.train_per_class: Input should be greater than 0"),
     ("benchmark.num_cores", 0, "benchmark.num_cores: Input should be greater than 0"),
     ("reengineer.lr_maks", 0.1, "reengineer.lr_maks: unknown key"),
@@ -101,3 +105,13 @@ def test_keys_whose_default_is_null_may_be_left_out(tmp_path):
     file.write_text(yaml.safe_dump(raw))
     params = load_params(file)
     assert params.model.name == "resnet32" and params.model.checkpoint is None and params.benchmark.num_cores is None
+
+
+def test_retrain_targets_must_be_targets(tmp_path):
+    file = tmp_path / "params.yaml"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["retrain"]["targets"] = ["vehicles", "nosuch"]
+    file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"params.yaml: retrain.targets: \['nosuch'\] not in targets \(known: "
+                                          r"\['airplane', 'vehicles'\]\)"):
+        load_params(file)

@@ -67,6 +67,7 @@ def pipeline(tmp_path_factory):
     params["prepare"]["val_fraction"] = 0.25
     params["device"] = "cpu"
     params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1)
+    params["retrain"].update(targets=["trio"], max_epochs=2, batch_size=8)
     params["benchmark"].update(iterations=2, warmup=1, pairs=2)
     params["defects"].update(target={"classes": [1, 2]}, train_per_class=16, test_per_class=8)
     params["defects"]["finetune"].update(max_epochs=2, batch_size=8)
@@ -132,11 +133,27 @@ def test_overhead_metrics_are_well_formed(pipeline):
 
 def test_defect_inheritance_metrics_are_well_formed(pipeline):
     metrics = json.loads((pipeline["repo"] / "metrics/defect_inheritance.json").read_text())
-    for key in ("acc_standard", "dir_standard", "acc_seam", "dir_seam", "removed_rate_seam"):
-        assert 0.0 <= metrics[key] <= 1.0, key
+    for flow in ("standard", "remos", "seam"):
+        for key in ("acc", "dir", "removed_rate"):
+            assert 0.0 <= metrics[f"{key}_{flow}"] <= 1.0, (key, flow)
+        assert metrics[flow]["n"] == 16  # all three attacked on the same cached inputs
     assert metrics["dir_reduction"] == metrics["dir_standard"] - metrics["dir_seam"]
     assert metrics["settings"]["classes"] == ["automobile", "bird"] and metrics["settings"]["test_images"] == 16
+    assert metrics["removed_rate_standard"] == 0.0
+    assert metrics["remos"]["removed_rate_conv"] == int(0.1 * 267_696) / 267_696  # ResNet20's conv weights
     assert metrics["removed_rate_seam"] >= 0.05  # the search ran to the threshold
+
+
+def test_retraining_metrics_set_retrained_beside_reengineered(pipeline):
+    repo = pipeline["repo"]
+    metrics = json.loads((repo / "metrics/retraining.json").read_text())
+    rq1 = json.loads((repo / "metrics/reengineering.json").read_text())
+    trio = metrics["targets"]["trio"]
+    assert set(metrics["targets"]) == {"trio"} and trio["n_test"] == rq1["targets"]["trio"]["n_test"]
+    assert trio["acc_reengineered"] == rq1["targets"]["trio"]["acc_reengineered"]
+    assert 0.0 <= trio["acc_retrained"] <= 1.0 and trio["retrain_epochs"] == 2 and trio["retrain_seconds"] > 0
+    assert trio["increase"] == trio["acc_reengineered"] - trio["acc_retrained"]
+    assert len((repo / "plots/retrain/trio.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
 def test_seam_predict_on_a_test_image_of_the_pipeline(pipeline):
@@ -158,10 +175,11 @@ def test_plots_show_renders_the_convergence_curve(pipeline):
 def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
     repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
     out = sh(dvc + ["exp", "run", "-S", "alpha=20"], repo, env)
-    for stage in ("download", "prepare", "prepare_defects", "finetune_standard", "finetune_seam",
-                  "adversarial", "defects"):
+    for stage in ("download", "prepare", "prepare_defects", "finetune_standard", "finetune_remos", "finetune_seam",
+                  "adversarial", "defects", "retrain@trio"):
         assert f"Running stage '{stage}'" not in out
-    for stage in ("reengineer@airplane", "reengineer@trio", "evaluate", "export", "flops", "benchmark", "overhead"):
+    for stage in ("reengineer@airplane", "reengineer@trio", "evaluate", "retraining", "export", "flops", "benchmark",
+                  "overhead"):
         assert f"Running stage '{stage}'" in out
     diff = json.loads(sh(dvc + ["metrics", "diff", "--json"], repo, env))
     changed = diff["metrics/reengineering.json"]
@@ -181,7 +199,7 @@ def test_search_params_do_not_touch_the_defect_stages(pipeline):
             status = subprocess.run(dvc + ["status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
             changed = set(json.loads(status.stdout))
             changed.discard("fetch_model")  # always re-checks its checkpoint
-            rq3 = {"finetune_standard", "finetune_seam", "adversarial"}
+            rq3 = {"finetune_standard", "finetune_remos", "finetune_seam", "adversarial", "retrain@trio"}
             assert {"reengineer@airplane", "reengineer@trio"} <= changed
             assert not rq3 & changed if key.startswith("reengineer") else rq3 <= changed, (key, changed)
     finally:
