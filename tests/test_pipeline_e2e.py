@@ -156,6 +156,16 @@ def test_retraining_metrics_set_retrained_beside_reengineered(pipeline):
     assert len((repo / "plots/retrain/trio.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
+def test_report_renders_from_the_pipelines_metrics(pipeline):
+    repo = pipeline["repo"]
+    page = (repo / "report" / "README.md").read_text()
+    rq1 = json.loads((repo / "metrics/reengineering.json").read_text())
+    acc = 100 * rq1["targets"]["trio"]["acc_reengineered"]
+    assert any(line.startswith("| trio | multi-class |") and f"| {acc:,.2f} |" in line for line in page.splitlines())
+    assert sorted(p.name for p in (repo / "report").glob("*.png")) == [
+        "fig5_convergence.png", "rq1_overview.png", "rq3_defects.png", "table4_retraining.png"]
+
+
 def test_seam_predict_on_a_test_image_of_the_pipeline(pipeline):
     repo = pipeline["repo"]
     image = next((repo.parent / "tiny" / "test" / "airplane").iterdir())
@@ -170,6 +180,7 @@ def test_plots_show_renders_the_convergence_curve(pipeline):
     sh(pipeline["dvc"] + ["plots", "show", "-o", "rendered"], repo, pipeline["env"])
     html = (repo / "rendered/index.html").read_text()
     assert "retention" in html and "airplane" in html
+    assert "Weight retention per epoch" in html and '"target": "trio"' in html  # one line per target
 
 
 def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
@@ -179,7 +190,7 @@ def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
                   "adversarial", "defects", "retrain@trio"):
         assert f"Running stage '{stage}'" not in out
     for stage in ("reengineer@airplane", "reengineer@trio", "evaluate", "retraining", "export", "flops", "benchmark",
-                  "overhead"):
+                  "overhead", "report"):
         assert f"Running stage '{stage}'" in out
     diff = json.loads(sh(dvc + ["metrics", "diff", "--json"], repo, env))
     changed = diff["metrics/reengineering.json"]
