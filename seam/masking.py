@@ -141,6 +141,13 @@ def apply_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> nn.Mod
     return model
 
 
+def fill_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``bool_masks`` plus an all-True mask for every other maskable tensor of ``model``: what
+    :func:`apply_masks` takes when only some tensors (e.g. a search's, or the convs) are masked."""
+    return {name: bool_masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
+            for name, module, p in maskable_tensors(model)}
+
+
 class FixedMask(nn.Module):
     """Parametrization ``tensor -> tensor * mask`` with a fixed bool mask (a buffer)."""
 

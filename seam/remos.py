@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from seam.augment import Normalize
 from seam.errors import SeamError
 from seam.finetune import FinetuneConfig, finetune, replace_classifier
-from seam.masking import apply_masks, hold_masks, maskable_tensors, release_masks
+from seam.masking import apply_masks, fill_masks, hold_masks, maskable_tensors, release_masks
 from seam.problem import TargetProblem
 from seam.training import batch_bar
 
@@ -174,9 +174,7 @@ def remos_flow(pretrained: nn.Module, classifier: str, problem: TargetProblem, *
     removed, total_conv = found.counts()
 
     model = replace_classifier(pretrained, classifier, problem.num_classes, dropout=dropout, seed=config.seed)
-    all_tensors = {name: found.masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
-                   for name, module, p in maskable_tensors(model)}
-    apply_masks(model, all_tensors)
+    apply_masks(model, fill_masks(model, found.masks))
     if keep_mask:
         hold_masks(model, found.masks)
     step = (lambda row: on_epoch("finetune", row)) if on_epoch else None

@@ -2,7 +2,7 @@
 
 Reads the metric JSONs, the per-epoch CSVs and ``reference/paper.yaml`` (the only place the
 paper's numbers live) and builds pandas tables (:func:`rq1_tables`, :func:`retraining_table`,
-:func:`defects_table`), matplotlib figures and a Markdown page (:func:`render`).
+:func:`defects_table`) and their Markdown (:func:`markdown`); ``seam.figures`` draws them.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ def rq1_frame(reengineering: dict, overhead: dict) -> pd.DataFrame:
             "ds_original": o.get("latency_ms_original", math.nan),
             "ds_reengineered": o.get("latency_ms_reengineered", math.nan),
             "ort_original": o["ort_latency_ms_original"], "ort_reengineered": o["ort_latency_ms_reengineered"],
-            "epochs": t["epochs_run"],
         })
     return pd.DataFrame(rows)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from seam.atomic import save_torch
 from seam.finetune import FinetuneConfig, FinetuneError, finetune, replace_classifier
-from seam.masking import apply_masks, count_kept, maskable_tensors
+from seam.masking import apply_masks, count_kept, fill_masks
 from seam.problem import TargetProblem
 from seam.search import SearchConfig, search
 from seam.selection import RemovalThreshold
@@ -49,9 +49,7 @@ def seam_flow(pretrained: nn.Module, classifier: str, problem: TargetProblem, *,
     # Release: step 3 rebuilds the model from the pretrained weights, so the output layer
     # starts fresh; only the searched tensors carry the mask.
     start = replace_classifier(pretrained, classifier, num_classes, dropout=dropout, seed=config.seed)
-    full = {name: found.masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
-            for name, module, p in maskable_tensors(start)}
-    apply_masks(start, full)
+    apply_masks(start, fill_masks(start, found.masks))
     result = finetune(start, classifier, problem, mean=mean, std=std, config=config, device=device,
                       on_epoch=step("finetune"))
     start.load_state_dict(result.state_dict)
