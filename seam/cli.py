@@ -53,6 +53,93 @@ def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>
     typer.echo(f"search    {meta['search']}")
 
 
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def _names(option: str | None) -> list[str] | None:
+    return None if option == "all" else [n.strip() for n in option.split(",") if n.strip()]
+
+
+@app.command()
+def targets(
+    binary: Optional[str] = typer.Option(None, help="'all' or class names (comma-separated): one class-vs-rest target each"),
+    superclass: Optional[str] = typer.Option(None, help="'all' or CIFAR-100 superclass names: one target each"),
+    only: bool = typer.Option(False, "--only", help="replace the existing targets instead of adding to them"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the targets, write nothing"),
+    names: bool = typer.Option(False, "--names", help="print only the names, one per line (for shell loops)"),
+    params: Path = typer.Option(Path("params.yaml"), help="the params file to update"),
+    raw: Path = typer.Option(Path("data/raw"), help="the downloaded dataset, for its class names"),
+) -> None:
+    """Write a grid of target problems into params.yaml, one entry (and one DVC stage) per target.
+
+    DVC expands `foreach` from the literal params, so a grid is written out here rather than
+    computed at run time: `seam targets --binary all` adds `airplane: binary`, ... for every
+    class of the downloaded dataset. Without options: list the targets.
+    """
+    import yaml
+
+    from seam.datasets import dataset_classes
+    from seam.errors import SeamError
+    from seam.params import load_params
+    from seam.paramsfile import update_params
+    from seam.targets import expand_short, target_grid
+
+    try:
+        current = load_params(params)
+        grid: dict[str, str] = {}
+        if binary is not None or superclass is not None:
+            classes, coarse = dataset_classes(current.dataset, raw)
+            if binary is not None:
+                grid |= target_grid("binary", _names(binary), classes)
+            if superclass is not None:
+                if coarse is None:
+                    _fail(f"--superclass: dataset {current.dataset.name!r} has no superclasses (CIFAR-100 only)")
+                grid |= target_grid("superclass", _names(superclass), coarse)
+        added = {k: v for k, v in grid.items() if only or k not in current.targets}
+        if dry_run or not grid:
+            for name, spec in (added if only else current.targets | added).items():
+                if names:
+                    typer.echo(name)
+                    continue
+                typer.echo(yaml.safe_dump({name: expand_short(name, spec)}, default_flow_style=None, width=4096).strip())
+            return
+        # adding merges key by key, so existing entries keep their layout and comments
+        result = update_params(params, {"targets": added}, replace={"targets"} if only else set())
+    except SeamError as exc:
+        _fail(exc)
+    typer.echo(f"{params}: {len(result.targets)} targets ({len(added)} written): {', '.join(result.targets)}")
+
+
+@app.command()
+def profile(
+    name: Optional[str] = typer.Argument(None, help="a file name in the profiles folder, without .yaml"),
+    params: Path = typer.Option(Path("params.yaml"), help="the params file to update"),
+    folder: Path = typer.Option(Path("profiles"), help="where the profiles live"),
+) -> None:
+    """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them."""
+    from seam.errors import SeamError
+    from seam.paramsfile import read_yaml, update_params
+
+    files = sorted(folder.glob("*.yaml"))
+    if name is None:
+        for f in files:
+            head = f.read_text().splitlines()[0].lstrip("# ")
+            typer.echo(f"{f.stem:<32} {head}")
+        return
+    path = folder / f"{name}.yaml"
+    try:
+        if not path.exists():
+            _fail(f"{path}: no such profile; known: {[f.stem for f in files]}")
+        overlay = read_yaml(path)
+        result = update_params(params, overlay, replace={"targets"})
+    except SeamError as exc:
+        _fail(exc)
+    typer.echo(f"{params}: profile {name} applied ({len(result.targets)} targets, model {result.model.name}, "
+               f"dataset {result.dataset.name}); run `dvc exp run` or `dvc status` to see the stages")
+
+
 @app.command()
 def predict(
     model: Path = typer.Argument(..., help="<target>.pt2, <target>.onnx (models/export/) or an artifact "

@@ -424,6 +424,26 @@ def _unpickle(path: Path, key: str) -> Any:
         raise DatasetError(f"{path}: cannot read {key!r}: {e!r}") from e
 
 
+def dataset_classes(cfg: DatasetParams, raw_dir: Path) -> tuple[list[str], list[str] | None]:
+    """Class names and CIFAR-100 superclass names (else None) of the downloaded data, without decoding images."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DatasetError(f"{raw_dir}: raw data folder missing (run the download stage: dvc repro download)")
+    if cfg.name != "imagefolder":
+        cls = _cifar_class(cfg.name)
+        meta = raw_dir / cls.base_folder / cls.meta["filename"]
+        coarse = list(_unpickle(meta, "coarse_label_names")) if cfg.name == "cifar100" else None
+        return list(_unpickle(meta, cls.meta["key"])), coarse
+    folder = raw_dir / IMAGEFOLDER_DIR
+    if folder.is_dir():
+        return _scan_layout(_dir_files(folder), str(folder)).classes, None
+    archives = [p for p in raw_dir.iterdir() if p.is_file() and _is_archive(p.name)]
+    if len(archives) != 1:
+        raise DatasetError(f"{raw_dir}: expected one archive or an {IMAGEFOLDER_DIR}/ folder (run the download stage)")
+    with _open_tar(archives[0]) as tf:
+        return _scan_layout(_tar_files(tf, archives[0]), archives[0].name).classes, None
+
+
 def load_dataset(cfg: DatasetParams, raw_dir: Path) -> RawDataset:
     """Decode the raw data that `download_dataset(cfg, raw_dir)` left in `raw_dir`."""
     name = cfg.name

@@ -7,6 +7,11 @@ Spec forms under `targets:` in params.yaml (name -> spec, exactly one kind key):
   {superclass: s}          CIFAR-100 superclass s: its fine classes (by fine index) -> 0..K-1
 Any of them may add ``train_per_class: n`` / ``test_per_class: n``: at most n images per
 label in that split (a CPU-sized slice, drawn with the seed; validation images in proportion).
+
+Short forms, where the name says what the target is (what `seam targets` writes for a grid):
+  cat: binary              == cat: {binary: cat}
+  fish: superclass         == fish: {superclass: fish}
+  pets: [cat, dog]         == pets: {classes: [cat, dog]}
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from seam.datasets import RawDataset
 from seam.problem import TargetError, TargetProblem
 
 KINDS = ("binary", "classes", "superclass")
+SHORT = ("binary", "superclass")  # `name: binary` / `name: superclass`: the name is the class
 CAPS = ("train_per_class", "test_per_class")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -67,10 +73,22 @@ def _superclass_members(ref: Any, raw: RawDataset, where: str) -> list[int]:
     return sorted(set(raw.train.labels[raw.train_coarse == s].tolist()))
 
 
+def expand_short(name: str, spec: Any) -> Any:
+    """The explicit form of a short spec (`cat: binary`, `pets: [cat, dog]`); others unchanged."""
+    if spec in SHORT:
+        return {spec: name}
+    if isinstance(spec, list):
+        return {"classes": spec}
+    return spec
+
+
 def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise TargetError(f"targets: bad target name {name!r}; must match {NAME_RE.pattern}")
     where = f"targets.{name}"
+    if isinstance(spec, str) and spec not in SHORT:
+        raise TargetError(f"{where}: unknown short form {spec!r}; expected one of {list(SHORT)} or a mapping")
+    spec = expand_short(name, spec)
     kinds = [k for k in spec if k in KINDS] if isinstance(spec, dict) else []
     if len(kinds) != 1:
         keys = list(spec) if isinstance(spec, dict) else spec
@@ -102,6 +120,25 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
     if len(idx) < 2:
         raise TargetError(f"{where}: needs at least 2 classes, got {len(idx)}")
     return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx], **caps)
+
+
+def target_grid(kind: str, which: list[str] | None, names: list[str]) -> dict[str, str]:
+    """Short-form entries for a grid: one `binary` (or `superclass`) target per name.
+
+    `names` are the dataset's class (or superclass) names; `which` picks some of them
+    (None: all). Each name must be usable as a DVC foreach key and a file name.
+    """
+    if kind not in SHORT:
+        raise TargetError(f"grid kind {kind!r}: expected one of {list(SHORT)}")
+    chosen = list(names) if which is None else which
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise TargetError(f"{kind}: unknown name(s) {unknown}; known: {list(names)}")
+    bad = [n for n in chosen if not NAME_RE.match(n)]
+    if bad:
+        raise TargetError(f"{kind}: name(s) {bad} cannot be target names ({NAME_RE.pattern}); "
+                          f"write those targets by hand, e.g. my_name: {{{kind}: {bad[0]!r}}}")
+    return {n: kind for n in chosen}
 
 
 def _check_present(raw: RawDataset, problem: TargetSpec) -> None:

@@ -38,7 +38,9 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
         rows.append(row)
         write_csv(rows, log)  # rewritten each epoch, so a long run can be watched
 
-    print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}", file=sys.stderr)
+    # Several targets in parallel (`dvc queue start -j N`) share the cores: OMP_NUM_THREADS sets each one's share.
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}{threads}", file=sys.stderr)
     start = time.perf_counter()
     result = search(original, problem, mean=info.mean, std=info.std, config=config,
                     stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch,

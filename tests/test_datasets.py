@@ -329,7 +329,7 @@ def _pickle_bytes(obj: dict) -> bytes:
     return pickle.dumps(obj, protocol=2)
 
 
-def make_fake_cifar(name: str, out: Path) -> tuple[Path, dict[str, str], dict]:
+def make_fake_cifar(name: str, out: Path, n_train: int = 12, n_test: int = 7) -> tuple[Path, dict[str, str], dict]:
     """A tiny archive in the official CIFAR python layout; returns (archive, member md5s, truth)."""
     rng = np.random.default_rng(0)
     n_cls = 10 if name == "cifar10" else 6
@@ -341,7 +341,7 @@ def make_fake_cifar(name: str, out: Path) -> tuple[Path, dict[str, str], dict]:
         meta = {"label_names": fine_names}
     else:
         folder, meta_name = "cifar-100-python", "meta"
-        batches = {"train": 12, "test": 7}
+        batches = {"train": n_train, "test": n_test}
         meta = {"fine_label_names": fine_names, "coarse_label_names": ["c0", "c1", "c2"]}
     files = {meta_name: _pickle_bytes(meta)}
     truth: dict = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}

@@ -63,7 +63,7 @@ def pipeline(tmp_path_factory):
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"] = {"name": "imagefolder", "source": str(root / "tiny"), "sha256": None}
-    params["targets"] = {"airplane": {"binary": 0}, "trio": {"classes": [0, 1, 2]}}
+    params["targets"] = {"airplane": "binary", "trio": {"classes": [0, 1, 2]}}  # a short form and an explicit one
     params["prepare"]["val_fraction"] = 0.25
     params["device"] = "cpu"
     params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1)
@@ -215,3 +215,16 @@ def test_search_params_do_not_touch_the_defect_stages(pipeline):
             assert not rq3 & changed if key.startswith("reengineer") else rq3 <= changed, (key, changed)
     finally:
         (repo / "params.yaml").write_text(original)
+
+
+def test_a_queued_target_comes_back_through_the_run_cache(pipeline):
+    """README, "Parallel targets": a target re-engineered by a queued experiment (a worker of
+    `dvc exp run --run-all -j N`) is restored in the workspace from DVC's run-cache, not recomputed."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    sh(dvc + ["exp", "run", "--queue", "-S", "reengineer.max_epochs=3", "reengineer@airplane"], repo, env)
+    queued = sh(dvc + ["exp", "run", "--run-all", "-j", "1"], repo, dict(env, OMP_NUM_THREADS="1"))
+    assert "on cpu, 1 threads" in queued  # the worker's thread count reaches the stage
+    out = sh(dvc + ["exp", "run", "-S", "reengineer.max_epochs=3", "reengineer@airplane"], repo, env)
+    assert "Stage 'reengineer@airplane' is cached - skipping run" in out, out
+    log = (repo / "plots/reengineer/airplane.csv").read_text().splitlines()
+    assert len(log) == 4  # header + the 3 epochs the queued run wrote

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Wall time of re-engineering two targets one after the other vs in parallel, both through
+# DVC's experiment queue (one queued experiment per `reengineer@<target>` stage), then a
+# check that the parallel run gave the same per-epoch logs.
+#
+# Run it in a workspace where `dvc repro prepare fetch_model` has run, with absolute
+# dataset.source and SEAM_MODEL_MIRROR (queued runs start from a copy elsewhere):
+#   benchmarks/parallel_targets.sh [TARGET_A] [TARGET_B] [EPOCHS]
+set -euo pipefail
+a=${1:-cat}
+b=${2:-truck}
+epochs=${3:-4}
+cores=$(nproc)
+export DVC_NO_ANALYTICS=1 NM_DISABLE_ANALYTICS=1
+logs=$(mktemp -d)
+
+batch() {  # workers, threads per worker, early_stop
+  local jobs=$1 threads=$2 early_stop=$3
+  # early_stop > epochs never fires; a value per batch only keeps the second batch from
+  # being a run-cache hit of the first
+  for t in "$a" "$b"; do
+    dvc exp run --queue -q -S "reengineer.max_epochs=$epochs" -S "reengineer.early_stop=$early_stop" "reengineer@$t"
+  done
+  local start end
+  start=$(date +%s.%N)
+  OMP_NUM_THREADS=$threads dvc exp run --run-all -j "$jobs" >"$logs/j$jobs.log" 2>&1
+  end=$(date +%s.%N)
+  grep -h "threads)\|threads$\|kept epoch" "$logs/j$jobs.log" | sed 's/^/    /' || true
+  printf '%d worker(s) x %d thread(s): %.1f s\n' "$jobs" "$threads" "$(echo "$end - $start" | bc)"
+}
+
+echo "two targets ($a, $b), $epochs search epochs each, $cores cores"
+batch 1 "$cores" 1001
+batch 2 $((cores / 2 > 0 ? cores / 2 : 1)) 1002
+
+# Same logs both ways? Each experiment commit holds the per-epoch CSV of the target it ran.
+for t in "$a" "$b"; do
+  sums=""
+  for ref in $(git for-each-ref --sort=-creatordate --count=4 --format='%(refname)' refs/exps); do
+    if git cat-file -e "$ref:plots/reengineer/$t.csv" 2>/dev/null \
+       && git show "$ref:params.yaml" | grep -q "early_stop: 100[12]"; then
+      sums="$sums $(git show "$ref:plots/reengineer/$t.csv" | md5sum | cut -c1-12)"
+    fi
+  done
+  echo "plots/reengineer/$t.csv md5 per batch:$sums"
+done
+rm -rf "$logs"

@@ -1,0 +1,166 @@
+"""Target grids: short target forms, `seam targets`, `seam profile` and params.yaml editing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from seam.cli import app
+from seam.datasets import dataset_classes, download_dataset, load_dataset
+from seam.params import DatasetParams, ParamsError, load_params
+from seam.paramsfile import update_params
+from seam.problem import TargetError
+from seam.registry import CIFAR10_CLASSES, REGISTRY
+from seam.targets import build_target, parse_targets, target_grid
+from tests.conftest import REPO
+from tests.test_datasets import make_fake_cifar, patch_md5s
+from tests.test_targets import make_raw
+
+PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+
+
+def test_short_forms_equal_explicit_ones() -> None:
+    raw = make_raw(coarse=True)
+    short = parse_targets({"a": "binary", "s1": "superclass", "pair": ["c", "a"]}, raw)
+    explicit = parse_targets({"a": {"binary": "a"}, "s1": {"superclass": "s1"}, "pair": {"classes": ["c", "a"]}}, raw)
+    assert short == explicit
+
+
+@pytest.mark.parametrize(("specs", "pattern"), [
+    ({"a": "binry"}, r"targets\.a: unknown short form 'binry'; expected one of \['binary', 'superclass'\]"),
+    ({"zz": "binary"}, r"targets\.zz\.binary: unknown class name 'zz'"),
+    ({"s9": "superclass"}, r"targets\.s9\.superclass: superclass 's9' out of range"),
+    ({"one": ["a"]}, r"targets\.one\.classes: needs at least 2 classes, got 1"),
+])
+def test_short_form_errors(specs: dict, pattern: str) -> None:
+    with pytest.raises(TargetError, match=pattern):
+        parse_targets(specs, make_raw(coarse=True))
+
+
+def test_target_grid() -> None:
+    assert target_grid("binary", None, ["a", "b"]) == {"a": "binary", "b": "binary"}
+    assert target_grid("superclass", ["y"], ["x", "y"]) == {"y": "superclass"}
+    with pytest.raises(TargetError, match=r"binary: unknown name\(s\) \['c'\]; known: \['a', 'b'\]"):
+        target_grid("binary", ["c"], ["a", "b"])
+    with pytest.raises(TargetError, match=r"cannot be target names .*my_name: \{binary: 'a b'\}"):
+        target_grid("binary", None, ["a b"])
+
+
+def test_dataset_classes_of_an_imagefolder(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for cls in ("dog", "cat"):
+            (tmp_path / "raw" / "imagefolder" / split / cls).mkdir(parents=True)
+            (tmp_path / "raw" / "imagefolder" / split / cls / "0.jpg").write_bytes(b"")
+    cfg = DatasetParams(name="imagefolder", source="x")
+    assert dataset_classes(cfg, tmp_path / "raw") == (["cat", "dog"], None)
+    with pytest.raises(ValueError, match=r"raw data folder missing \(run the download stage"):
+        dataset_classes(cfg, tmp_path / "nothing")
+
+
+def _params(tmp_path: Path, **changes: object) -> Path:
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    if changes:
+        update_params(path, changes, replace={"targets"})
+    return path
+
+
+def test_superclass_grid_on_built_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seam targets --superclass all` on a CIFAR-100 archive the test builds, then prepare's path."""
+    archive, md5s, truth = make_fake_cifar("cifar100", tmp_path / "official.tar.gz", n_train=60, n_test=30)
+    patch_md5s(monkeypatch, "cifar100", archive, md5s)
+    cfg = DatasetParams(name="cifar100", source=str(archive))
+    download_dataset(cfg, tmp_path / "raw")
+    assert dataset_classes(cfg, tmp_path / "raw") == ([f"fine{i}" for i in range(6)], ["c0", "c1", "c2"])
+    params = _params(tmp_path, dataset={"name": "cifar100", "source": str(archive)},
+                     targets={"c0": "superclass"}, retrain={"targets": ["c0"]})
+
+    run = CliRunner().invoke(app, ["targets", "--superclass", "all", "--params", str(params), "--raw", str(tmp_path / "raw")])
+    assert run.exit_code == 0, run.output
+    assert "3 targets (2 written): c0, c1, c2" in run.output
+    p = load_params(params)
+    assert p.targets == {"c0": "superclass", "c1": "superclass", "c2": "superclass"}
+    raw = load_dataset(p.dataset, tmp_path / "raw")
+    for spec in parse_targets(p.targets, raw):
+        s = int(spec.name[1])
+        fine = [c for c in range(6) if truth["coarse_of"][c] == s]
+        assert spec.kind == "superclass" and spec.source_classes == fine
+        problem = build_target(raw, spec, seed=0, val_fraction=0.1)
+        n_train = sum(truth["coarse_of"][y] == s for y in truth["train_y"])
+        assert len(problem.train_y) + len(problem.val_y) == n_train
+        assert problem.class_names == [f"fine{c}" for c in fine]
+
+
+def test_seam_targets_adds_a_binary_grid_keeping_the_file(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        for cls in CIFAR10_CLASSES:
+            (tmp_path / "raw" / "imagefolder" / split / cls).mkdir(parents=True)
+            (tmp_path / "raw" / "imagefolder" / split / cls / "0.jpg").write_bytes(b"")
+    params = _params(tmp_path)
+    update_params(params, {"dataset": {"name": "imagefolder", "source": "x.tar"}})
+    before = params.read_text()
+    args = ["targets", "--params", str(params), "--raw", str(tmp_path / "raw")]
+
+    dry = CliRunner().invoke(app, [*args, "--binary", "cat,dog", "--only", "--dry-run"])
+    assert dry.exit_code == 0 and dry.output == "cat: {binary: cat}\ndog: {binary: dog}\n"
+    assert params.read_text() == before
+    listed = CliRunner().invoke(app, [*args, "--names"])
+    assert listed.exit_code == 0 and listed.output == "airplane\nvehicles\n"
+
+    run = CliRunner().invoke(app, [*args, "--binary", "all"])
+    assert run.exit_code == 0, run.output
+    after = params.read_text()
+    # existing entries, their comments and every other line stay as they were
+    added = [line for line in after.splitlines() if line not in before.splitlines()]
+    assert added == [f"  {c}: binary" for c in CIFAR10_CLASSES if c != "airplane"]
+    assert list(load_params(params).targets) == ["airplane", "vehicles", *CIFAR10_CLASSES[1:]]
+
+    # --only would drop `vehicles`, which retrain.targets names: refused, nothing written
+    bad = CliRunner().invoke(app, [*args, "--binary", "cat", "--only"])
+    assert bad.exit_code == 1
+    assert "retrain.targets: ['vehicles'] not in targets (known: ['cat'])" in bad.output
+    assert params.read_text() == after
+    typo = CliRunner().invoke(app, [*args, "--binary", "dgo"])
+    assert typo.exit_code == 1 and "unknown name(s) ['dgo']" in typo.output
+    no_coarse = CliRunner().invoke(app, [*args, "--superclass", "all"])
+    assert no_coarse.exit_code == 1 and "has no superclasses (CIFAR-100 only)" in no_coarse.output
+
+
+def test_update_params_validates_before_writing(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    before = params.read_text()
+    with pytest.raises(ParamsError, match=rf"{params}: reengineer.max_epochs: Input should be greater than 0"):
+        update_params(params, {"reengineer": {"max_epochs": 0}})
+    assert params.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temporary file left
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_profiles_apply_and_validate(tmp_path: Path, profile: Path) -> None:
+    params = _params(tmp_path)
+    run = CliRunner().invoke(app, ["profile", profile.stem, "--params", str(params), "--folder", str(profile.parent)])
+    assert run.exit_code == 0, run.output
+    p = load_params(params)
+    overlay = yaml.safe_load(profile.read_text())
+    assert p.model.name in REGISTRY and p.model.name == overlay["model"]["name"]
+    assert p.targets == overlay["targets"] and p.reengineer.model_dump() == overlay["reengineer"]
+    if p.dataset.name != "cifar100":  # CIFAR-10's class names, in its order
+        assert [n for n, s in p.targets.items() if s == "binary"] == list(CIFAR10_CLASSES)
+    elif "superclass" in p.targets.values():
+        assert len(p.targets) == 20 and p.retrain.targets == list(p.targets)
+    else:
+        assert len(p.targets) == 100
+    title, needs = profile.read_text().splitlines()[:2]  # `seam profile` lists the title; the README the needs
+    assert title.startswith("# ") and "network" in title + needs
+
+
+def test_profile_errors(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    run = CliRunner().invoke(app, ["profile", "nope", "--params", str(params), "--folder", str(REPO / "profiles")])
+    assert run.exit_code == 1 and "nope.yaml: no such profile; known: [" in run.output
+    listing = CliRunner().invoke(app, ["profile", "--folder", str(REPO / "profiles")])
+    assert listing.exit_code == 0 and len(listing.output.splitlines()) == len(PROFILES)
