@@ -52,7 +52,8 @@ def _bars(ax, labels: list[str], series: dict[str, list[float]], colors: list[st
     width = 0.8 / len(series)
     for i, ((name, values), color) in enumerate(zip(series.items(), colors)):
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=color)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
+        if len(labels) <= 12:  # beyond that the values overlap; the report's tables hold them
+            ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
     ax.set_xticks(x, labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
     ax.set(ylabel=ylabel, title=title)
     ax.margins(y=0.15)
@@ -64,8 +65,6 @@ def _bars(ax, labels: list[str], series: dict[str, list[float]], colors: list[st
 def rq1_overview(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Per target: weights, accuracy, FLOPs and latency (DeepSparse, onnxruntime) before and after."""
     labels = list(frame["target"])
-    fig, axes = plt.subplots(2, 3, figsize=(max(13, 3 + 1.1 * len(labels) * 3), 8))
-    both = [ORIGINAL, REENGINEERED]
     panels = [
         ("weights", 1e3, "weights (thousands)", "Weights (Table I)"),
         ("acc", 1, "test accuracy (%)", "Accuracy on the target problem (Table II)"),
@@ -73,15 +72,26 @@ def rq1_overview(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         ("ds", 1, "ms per batch of 16", "DeepSparse latency (Table VI)"),
         ("ort", 1, "ms per batch of 16", "onnxruntime latency (a dense engine)"),
     ]
+    # A few targets: a 2x3 grid with the legend in the sixth cell. A grid of targets: one
+    # full-width panel per measure, the legend in the first.
+    stacked = len(labels) > 4
+    if stacked:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(min(40, max(12, 2 + 0.8 * len(labels))), 16), squeeze=False)
+    else:
+        fig, axes = plt.subplots(2, 3, figsize=(13, 8))
     for ax, (key, scale, ylabel, title) in zip(axes.flat, panels):
         _bars(ax, labels, {"original": list(frame[f"{key}_original"] / scale),
                            "re-engineered": list(frame[f"{key}_reengineered"] / scale)},
-              both, ylabel, title, legend=False)
+              [ORIGINAL, REENGINEERED], ylabel, title, legend=False)
     acc = frame[["acc_original", "acc_reengineered"]]
-    axes[0, 1].set_ylim(max(0, acc.min().min() - 15), 100)
-    legend_ax = axes.flat[-1]
-    legend_ax.axis("off")
-    legend_ax.legend(*axes[0, 0].get_legend_handles_labels(), loc="center", fontsize=11, frameon=False)
+    axes.flat[1].set_ylim(max(0, acc.min().min() - 15), 100)
+    handles = axes[0, 0].get_legend_handles_labels()
+    if stacked:  # above the first panel, right of its title
+        axes[0, 0].legend(*handles, loc="lower right", bbox_to_anchor=(1, 1), ncols=2, fontsize=9, frameon=False)
+    else:
+        legend_ax = axes.flat[-1]
+        legend_ax.axis("off")
+        legend_ax.legend(*handles, loc="center", fontsize=11, frameon=False)
     fig.suptitle("Original vs re-engineered model, per target problem")
     _save(fig, path)
 
@@ -112,7 +122,7 @@ def defects(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def retraining(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Table IV: retrained from scratch vs re-engineered test accuracy per target."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(table) + 3), 4))
+    fig, ax = plt.subplots(figsize=(min(24, max(5, 1.2 * len(table) + 3)), 4))
     _bars(ax, list(table["target"]), {"retrained from scratch": list(table["retrained"]),
                                       "re-engineered": list(table["re-engineered"])},
           [RETRAINED, REENGINEERED], "test accuracy (%)", "Retraining vs re-engineering (Table IV)")
