@@ -31,8 +31,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 
 class Section(BaseModel):
     # strict: a YAML `true` or "0.1" where a number is expected is a typo, not a value
-    # (ints still pass for floats).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # (ints still pass for floats). `.nan` / `.inf` are never a setting.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DatasetParams(Section):
@@ -199,7 +199,7 @@ class Params(Section):
     dataset: DatasetParams = DatasetParams()
     model: ModelParams = ModelParams()
     # checked against the dataset by seam.targets
-    targets: dict[str, Any] = {"airplane": {"binary": 0},
+    targets: Annotated[dict[str, Any], Field(min_length=1)] = {"airplane": {"binary": 0},
                                "vehicles": {"classes": ["airplane", "automobile", "ship", "truck"],
                                             "train_per_class": 500}}
     prepare: PrepareParams = PrepareParams()
