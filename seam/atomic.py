@@ -35,9 +35,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` through a temporary file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save` through a temporary file. Given a path, torch names the zip's records after
+    the (random) temporary file; given an open file it names them "archive", so the bytes
+    depend on `obj` alone and an unchanged result does not look changed to DVC."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

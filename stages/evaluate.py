@@ -35,7 +35,6 @@ def evaluate_target(problem: TargetProblem, artifact: dict, original, info: Pret
         "selected_epoch": meta["selected_epoch"],
         "epochs_run": meta["epochs_run"],
         "reached_original_acc": meta["reached_target"],
-        "search_seconds": meta["seconds"],
     }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from seam.artifact import save_artifact
-from seam.atomic import write_csv
+from seam.atomic import write_csv, write_json
 from seam.device import resolve_device
 from seam.errors import run_stage
 from seam.params import ParamsError, load_params
@@ -20,7 +20,7 @@ from seam.search import SearchConfig, search
 from seam.selection import AccuracyTarget
 
 
-def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path) -> None:
+def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path) -> None:
     params = load_params()
     if target not in params.targets:
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
@@ -61,10 +61,12 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
             "epochs_run": len(result.history),
             "reached_target": result.reached_target,
             "acc_original": result.acc_original,
-            "device": str(device),
-            "seconds": round(seconds, 1),
         },
     )
+    # How long it took lives beside the artifact, not in it: an unchanged result keeps its
+    # bytes, so DVC re-runs nothing downstream of a forced re-run.
+    write_json({"seconds": round(seconds, 1), "epochs_run": len(result.history), "device": str(device),
+                "threads": torch.get_num_threads()}, timing)
     sel = result.history[result.selected_epoch]
     print(f"{target}: kept epoch {result.selected_epoch} of {len(result.history)} "
           f"(retention {sel['retention']:.4f}, {config.select_on} acc {sel[config.select_on + '_acc']:.4f} "

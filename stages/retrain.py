@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from seam.atomic import write_csv
+from seam.atomic import write_csv, write_json
 from seam.device import resolve_device
 from seam.errors import run_stage
 from seam.finetune import FinetuneConfig
@@ -17,7 +17,7 @@ from seam.problem import TargetProblem
 from seam.reuse import save_finetuned, standard
 
 
-def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path) -> None:
+def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path) -> None:
     params = load_params()
     # One learning rate for every layer: nothing is pretrained, so the output layer gets no boost.
     # (Keys read one by one: adding a target to retrain.targets must not re-run the others.)
@@ -44,8 +44,8 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     seconds = time.perf_counter() - start
     save_finetuned(out, model, {
         "flow": "retrain", "target": target, "model": info.name, "model_sha256": info.sha256,
-        "classifier": info.final_layer(), "num_classes": problem.num_classes, "dropout": 0.0,
-        "seconds": round(seconds, 1), **summary})
+        "classifier": info.final_layer(), "num_classes": problem.num_classes, "dropout": 0.0, **summary})
+    write_json({"seconds": round(seconds, 1), "epochs_run": summary["epochs_run"], "device": str(device)}, timing)
     best = rows[summary["best_epoch"]]
     print(f"{target}: kept epoch {summary['best_epoch']} of {summary['epochs_run']} "
           f"({config.select_on} acc {best[config.select_on + '_acc']:.4f}) in {seconds:.0f} s", file=sys.stderr)

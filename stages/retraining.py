@@ -16,7 +16,14 @@ from seam.problem import TargetProblem
 from seam.reuse import load_finetuned
 
 
-def main(prepared_dir: Path, pretrained_dir: Path, retrained_dir: Path, reengineering: Path, out: Path) -> None:
+def _seconds(path: Path) -> float:
+    if not path.is_file():
+        raise SeamError(f"{path}: not found (run the stage that writes it)")
+    return json.loads(path.read_text())["seconds"]
+
+
+def main(prepared_dir: Path, pretrained_dir: Path, retrained_dir: Path, reengineering: Path,
+         reengineer_timing: Path, retrain_timing: Path, out: Path) -> None:
     params = load_params()
     if not reengineering.is_file():
         raise SeamError(f"{reengineering}: not found (run the evaluate stage first)")
@@ -42,9 +49,9 @@ def main(prepared_dir: Path, pretrained_dir: Path, retrained_dir: Path, reengine
             "increase": reengineered["acc_reengineered"] - retrained,
             "retrain_epochs": meta["epochs_run"],
             "retrain_best_epoch": meta["best_epoch"],
-            "retrain_seconds": meta["seconds"],
+            "retrain_seconds": _seconds(retrain_timing / f"{name}.json"),
             "reengineer_epochs": reengineered["epochs_run"],
-            "reengineer_seconds": reengineered["search_seconds"],
+            "reengineer_seconds": _seconds(reengineer_timing / f"{name}.json"),
         }
 
     def mean(key: str) -> float:

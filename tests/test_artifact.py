@@ -46,6 +46,11 @@ def test_artifact_round_trip_gives_the_same_predictions(tmp_path):
     assert not torch.equal(original.conv.weight, rebuilt.original.conv.weight)  # the original is not modified
     # Compact: packed bits, not float masks (TinyNet has 8*3*9 + 8*8*9 + 8 + 32 + 4 = 868 entries).
     assert path.stat().st_size < 8000
+    # The bytes depend on the content alone (not on the temporary file's name), so DVC sees
+    # an unchanged result as unchanged.
+    again = tmp_path / "sub" / "other-name.pt"
+    save_artifact(again, masks=masks, head=model.head.state_dict(), meta=META)
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_artifact_errors(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -215,8 +216,8 @@ def reengineer_through_params(cwd: Path, model: dict, problem, epochs: int = 3) 
     (cwd / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     problem.save(cwd / "data" / "t.pt")
     run(cwd, "fetch_model.py", "pretrained")
-    run(cwd, "reengineer.py", "t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv")
-    assert (cwd / "out" / "t.pt").is_file()
+    run(cwd, "reengineer.py", "t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv", "out/t.json")
+    assert (cwd / "out" / "t.pt").is_file() and json.loads((cwd / "out" / "t.json").read_text())["seconds"] > 0
     return (cwd / "out" / "t.csv").read_text()
 
 
@@ -249,6 +250,8 @@ def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch)
         "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
         problem, epochs=2)
     assert a == b
+    # and byte-identical artifacts: two runs, two temporary file names, no timings inside
+    assert (by_name / "out" / "t.pt").read_bytes() == (by_arch / "out" / "t.pt").read_bytes()
 
 
 def test_a_refused_model_leaves_the_fetched_one_in_place(project):
@@ -301,9 +304,11 @@ def test_remos_and_retraining_run_on_a_users_model(project):
     assert f"removed_rate_conv {21 / 216}" in out.stderr  # int(0.1 * 216) of the 216 conv weights
     saved = torch.load(project / "out" / "remos.pt", weights_only=True)
     assert saved["meta"]["flow"] == "remos" and set(saved["meta"]["removed_per_layer"]) == {"features.0.weight"}
-    run(project, "retrain.py", "t", "data/t.pt", "pretrained", "out/retrained.pt", "out/retrained.csv")
+    run(project, "retrain.py", "t", "data/t.pt", "pretrained", "out/retrained.pt", "out/retrained.csv",
+        "out/retrained.json")
     meta = torch.load(project / "out" / "retrained.pt", weights_only=True)["meta"]
-    assert meta["flow"] == "retrain" and meta["epochs_run"] == 2 and meta["seconds"] > 0
+    assert meta["flow"] == "retrain" and meta["epochs_run"] == 2 and "seconds" not in meta  # timings: beside it
+    assert json.loads((project / "out" / "retrained.json").read_text())["epochs_run"] == 2
     assert len((project / "out" / "retrained.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 

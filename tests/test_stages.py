@@ -33,7 +33,7 @@ def test_unknown_dataset_names_the_key_and_writes_nothing(tmp_path):
 
 
 REENGINEER_PATHS = ("data/prepared/airplane.pt", "models/pretrained", "models/reengineered/airplane.pt",
-                    "plots/reengineer/airplane.csv")
+                    "plots/reengineer/airplane.csv", "results/reengineer/airplane.json")
 
 
 def test_unknown_target_and_bad_search_params(tmp_path):
