@@ -5,15 +5,36 @@ The pipeline itself runs through DVC (`dvc repro`); these commands help around i
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
+
+from seam.errors import SeamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-@app.command()
+def command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Register a `seam` command whose bad input (a SeamError) ends it with one line,
+    ``error: <message>``, and exit code 1; ``SEAM_DEBUG=1`` shows the traceback too."""
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except SeamError as exc:
+            if os.environ.get("SEAM_DEBUG"):
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return app.command()(guarded)
+
+
+@command
 def models() -> None:
     """List the pretrained models the registry knows."""
     from seam.registry import REGISTRY
@@ -23,7 +44,7 @@ def models() -> None:
         typer.echo(f"{spec.name:<18} {spec.num_classes:>4} classes {spec.input_size:>4}px  sha256 {digest:<17}  {spec.url}")
 
 
-@app.command()
+@command
 def fetch(
     name: str = typer.Argument(..., help="registry name, e.g. resnet20"),
     dest: Path = typer.Argument(..., help="file to write"),
@@ -35,7 +56,7 @@ def fetch(
     typer.echo(fetch_model(name, dest, mirror=mirror))
 
 
-@app.command()
+@command
 def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>.pt")) -> None:
     """Summarise a re-engineering artifact: model, target, weights kept, selected epoch."""
     from seam.artifact import load_artifact
@@ -53,16 +74,11 @@ def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>
     typer.echo(f"search    {meta['search']}")
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1)
-
-
 def _names(option: str | None) -> list[str] | None:
     return None if option == "all" else [n.strip() for n in option.split(",") if n.strip()]
 
 
-@app.command()
+@command
 def targets(
     binary: Optional[str] = typer.Option(None, help="'all' or class names (comma-separated): one class-vs-rest target each"),
     superclass: Optional[str] = typer.Option(None, help="'all' or CIFAR-100 superclass names: one target each"),
@@ -81,45 +97,40 @@ def targets(
     import yaml
 
     from seam.datasets import dataset_classes
-    from seam.errors import SeamError
     from seam.params import load_params
     from seam.paramsfile import update_params
     from seam.targets import expand_short, target_grid
 
-    try:
-        current = load_params(params)
-        grid: dict[str, str] = {}
-        if binary is not None or superclass is not None:
-            classes, coarse = dataset_classes(current.dataset, raw)
-            if binary is not None:
-                grid |= target_grid("binary", _names(binary), classes)
-            if superclass is not None:
-                if coarse is None:
-                    _fail(f"--superclass: dataset {current.dataset.name!r} has no superclasses (CIFAR-100 only)")
-                grid |= target_grid("superclass", _names(superclass), coarse)
-        added = {k: v for k, v in grid.items() if only or k not in current.targets}
-        if dry_run or not grid:
-            for name, spec in (added if only else current.targets | added).items():
-                if names:
-                    typer.echo(name)
-                    continue
-                typer.echo(yaml.safe_dump({name: expand_short(name, spec)}, default_flow_style=None, width=4096).strip())
-            return
-        # adding merges key by key, so existing entries keep their layout and comments
-        result = update_params(params, {"targets": added}, replace={"targets"} if only else set())
-    except SeamError as exc:
-        _fail(exc)
+    current = load_params(params)
+    grid: dict[str, str] = {}
+    if binary is not None or superclass is not None:
+        classes, coarse = dataset_classes(current.dataset, raw)
+        if binary is not None:
+            grid |= target_grid("binary", _names(binary), classes)
+        if superclass is not None:
+            if coarse is None:
+                raise SeamError(f"--superclass: dataset {current.dataset.name!r} has no superclasses (CIFAR-100 only)")
+            grid |= target_grid("superclass", _names(superclass), coarse)
+    added = {k: v for k, v in grid.items() if only or k not in current.targets}
+    if dry_run or not grid:
+        for name, spec in (added if only else current.targets | added).items():
+            if names:
+                typer.echo(name)
+                continue
+            typer.echo(yaml.safe_dump({name: expand_short(name, spec)}, default_flow_style=None, width=4096).strip())
+        return
+    # adding merges key by key, so existing entries keep their layout and comments
+    result = update_params(params, {"targets": added}, replace={"targets"} if only else set())
     typer.echo(f"{params}: {len(result.targets)} targets ({len(added)} written): {', '.join(result.targets)}")
 
 
-@app.command()
+@command
 def profile(
     name: Optional[str] = typer.Argument(None, help="a file name in the profiles folder, without .yaml"),
     params: Path = typer.Option(Path("params.yaml"), help="the params file to update"),
     folder: Path = typer.Option(Path("profiles"), help="where the profiles live"),
 ) -> None:
     """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them."""
-    from seam.errors import SeamError
     from seam.paramsfile import read_yaml, update_params
 
     files = sorted(folder.glob("*.yaml"))
@@ -129,18 +140,14 @@ def profile(
             typer.echo(f"{f.stem:<32} {head}")
         return
     path = folder / f"{name}.yaml"
-    try:
-        if not path.exists():
-            _fail(f"{path}: no such profile; known: {[f.stem for f in files]}")
-        overlay = read_yaml(path)
-        result = update_params(params, overlay, replace={"targets"})
-    except SeamError as exc:
-        _fail(exc)
+    if not path.exists():
+        raise SeamError(f"{path}: no such profile; known: {[f.stem for f in files]}")
+    result = update_params(params, read_yaml(path), replace={"targets"})
     typer.echo(f"{params}: profile {name} applied ({len(result.targets)} targets, model {result.model.name}, "
                f"dataset {result.dataset.name}); run `dvc exp run` or `dvc status` to see the stages")
 
 
-@app.command()
+@command
 def predict(
     model: Path = typer.Argument(..., help="<target>.pt2, <target>.onnx (models/export/) or an artifact "
                                            "(models/reengineered/<target>.pt)"),
@@ -154,15 +161,10 @@ def predict(
 
     from tqdm.auto import tqdm
 
-    from seam.errors import SeamError
     from seam.predict import image_files, load_classifier, predict_files
 
-    try:
-        clf = load_classifier(model, pretrained)
-        files = image_files(images)
-    except SeamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    clf = load_classifier(model, pretrained)
+    files = image_files(images)
     skipped = []
 
     def on_error(path: Path, exc: Exception) -> None:

@@ -24,16 +24,16 @@ def _mirror_source(spec: ModelSpec, mirror: str) -> str:
     if download.is_url(mirror):
         return mirror.rstrip("/") + "/" + spec.filename
     path = Path(mirror).expanduser()
+    # A relative mirror resolves against the working directory, which a queued experiment moves.
+    where = f"model mirror {mirror}" + ("" if path.is_absolute() else f" (= {path.resolve()}, from {Path.cwd()})")
     if path.is_dir():
         candidate = path / spec.filename
         if not candidate.is_file():
-            raise FileNotFoundError(
-                f"model mirror {path} has no {spec.filename} (needed for {spec.name})"
-            )
+            raise ModelError(f"{where} has no {spec.filename} (needed for {spec.name})")
         return str(candidate)
     if path.is_file():
         return str(path)
-    raise FileNotFoundError(f"model mirror {path} is neither a directory nor a file")
+    raise ModelError(f"{where} is neither a directory nor a file")
 
 
 def fetch_model(name: str, dest: str | os.PathLike, *, mirror: str | None = None) -> Path:

@@ -253,11 +253,15 @@ def test_fetch_prefix_only_entry_checks_prefix(tmp_path: Path) -> None:
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_mirror_without_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=get_spec("resnet44").filename):
+def test_mirror_without_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelError, match=get_spec("resnet44").filename):
         fetch_model("resnet44", tmp_path / "out.th", mirror=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(ModelError, match=rf"model mirror {tmp_path}/absent is neither a directory nor a file"):
         fetch_model("resnet44", tmp_path / "out.th", mirror=str(tmp_path / "absent"))
+    # a relative mirror names what it resolved to and from where (queued experiments run elsewhere)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match=rf"model mirror \.\./shared \(= {tmp_path.parent}/shared, from {tmp_path}\) is neither"):
+        fetch_model("resnet44", tmp_path / "out.th", mirror="../shared")
 
 
 def test_fetch_unknown_name(tmp_path: Path) -> None:
