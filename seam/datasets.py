@@ -233,8 +233,15 @@ def _tar_files(
                     f = tf.extractfile(m)
                     assert f is not None
                     blobs[name] = f.read()
+        # tarfile ends quietly where the data ends; a whole archive ends with zero blocks. Without
+        # them the archive was cut at a member boundary and whole classes may be missing.
+        tf.fileobj.seek(tf.offset)
+        marker = tf.fileobj.read(2 * tarfile.BLOCKSIZE)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DatasetError(f"{path.name}: corrupt tar archive: {e}") from e
+    if len(marker) < 2 * tarfile.BLOCKSIZE or any(marker):
+        raise DatasetError(f"{path.name}: truncated tar archive (no end-of-archive marker after "
+                           f"{len(dirs) + len(files)} members); download it again")
     return dirs, files
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -286,6 +287,21 @@ def test_corrupt_archive(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"d\.tar\.gz"):
         download_dataset(cfg(src), tmp_path / "raw")
     assert_nothing_left(tmp_path / "raw")
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_archive_cut_at_a_member_boundary(tmp_path: Path, suffix: str) -> None:
+    """A tar cut between members reads without error; only its missing end marker tells."""
+    whole = make_tar(write_tree(tmp_path / "tree"), tmp_path / "whole.tar")
+    with tarfile.open(whole) as tf:
+        cut_at = tf.getmembers()[-3].offset  # drops the last three members
+    data = whole.read_bytes()[:cut_at]
+    src = tmp_path / f"cut{suffix}"
+    src.write_bytes(gzip.compress(data, mtime=0) if suffix.endswith("gz") else data)
+    with pytest.raises(DatasetError, match=rf"cut\.tar(\.gz)?: truncated tar archive \(no end-of-archive marker after \d+ members\)"):
+        download_dataset(cfg(src), tmp_path / "raw")
+    assert_nothing_left(tmp_path / "raw")
+    download_dataset(cfg(whole), tmp_path / "raw")  # the whole archive passes
 
 
 @pytest.mark.parametrize("as_archive, pooled", [(False, False), (True, False), (True, True)])
