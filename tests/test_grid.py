@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,16 @@ def test_profile_errors(tmp_path: Path) -> None:
     assert run.exit_code == 1 and "nope.yaml: no such profile; known: [" in run.output
     listing = CliRunner().invoke(app, ["profile", "--folder", str(REPO / "profiles")])
     assert listing.exit_code == 0 and len(listing.output.splitlines()) == len(PROFILES)
+
+
+def test_a_written_grid_is_one_dvc_stage_per_target(tmp_path: Path) -> None:
+    """The expansion is visible to DVC: `dvc stage list` names one reengineer stage per target."""
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    update_params(tmp_path / "params.yaml", {"targets": {c: "binary" for c in CIFAR10_CLASSES[1:]}})
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run(dvc + ["stage", "list", "--name-only"], cwd=tmp_path, check=True, capture_output=True,
+                            text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
+    assert [s for s in listed if s.startswith("reengineer@")] == [f"reengineer@{t}" for t in
+                                                                   ["airplane", "vehicles", *CIFAR10_CLASSES[1:]]]
