@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -18,6 +19,7 @@ from seam.candidate import ReengineeredModel
 from seam.errors import SeamError
 from seam.masking import attach_masks, binary_masks, retention
 from seam.problem import TargetProblem
+from seam.resume import ResumeFile
 from seam.selection import RuleFactory
 from seam.training import batch_bar, evaluate, train_epoch
 
@@ -64,6 +66,7 @@ def search(
     on_epoch: Callable[[dict], None] | None = None,
     output_layer: str | None = None,
     source_outputs: Sequence[int] | None = None,
+    resume: ResumeFile | None = None,
 ) -> SearchResult:
     """Search a mask over ``original``'s conv/linear tensors for ``problem``.
 
@@ -78,7 +81,9 @@ def search(
     has, as in the defect-inheritance flow) that layer plays the head: it is trained, not
     masked, and the model's own outputs are the K logits. ``source_outputs`` are the
     original model's outputs for the problem's source classes (the accuracy to match;
-    default: the source classes' dataset indices).
+    default: the source classes' dataset indices). With ``resume``, the whole state is saved
+    after every epoch and a saved state of the same run is continued: the rows already done
+    go to ``on_epoch`` again, and the result equals an uninterrupted run's.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -102,7 +107,17 @@ def search(
     rule = stop(acc_original[config.select_on])
     best = None
     history = []
-    epochs = tqdm(range(config.max_epochs), desc=f"search {problem.name}", unit="epoch", disable=not progress)
+    optims = {"optim_head": optim_head, "optim_joint": optim_joint}
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        best, history = _restore(state, masks, head, optims, gen, rule, device)
+        for row in history:
+            if on_epoch is not None:
+                on_epoch(row)
+    start = len(history)
+    todo = range(start, config.max_epochs) if not (history and rule.should_stop) else range(0)
+    epochs = tqdm(todo, initial=start, total=config.max_epochs, desc=f"search {problem.name}", unit="epoch",
+                  disable=not progress)
     for epoch in epochs:
         head_only = epoch % config.head_only_every == 0
         # Eval mode even while training: the search learns scores and the head, never the
@@ -131,6 +146,8 @@ def search(
                "train_retention": train_kept, "retention": kept, **{f"{s}_acc": a for s, a in accs.items()},
                "selected": rule.selected_epoch == epoch}
         history.append(row)
+        if resume is not None:
+            resume.save(_snapshot(masks, head, optims, gen, rule, best, history, device))
         if on_epoch is not None:
             on_epoch(row)
         epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
@@ -140,6 +157,41 @@ def search(
     assert best is not None  # every rule selects the first epoch
     return SearchResult(masks=best[0], head=best[1], selected_epoch=rule.selected_epoch,
                         reached_target=rule.reached_target, acc_original=acc_original, history=history)
+
+
+def _snapshot(masks: dict, head: nn.Module, optims: dict, gen: torch.Generator, rule, best, history: list,
+              device: torch.device) -> dict:
+    """Everything the next epoch depends on (CPU copies), for :class:`ResumeFile`."""
+    return {
+        "epoch": len(history) - 1,
+        "scores": {name: m.scores.detach().cpu() for name, m in masks.items()},
+        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        **{name: o.state_dict() for name, o in optims.items()},
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "rule": dataclasses.asdict(rule),
+        "best": best,
+        "history": history,
+    }
+
+
+def _restore(state: dict, masks: dict, head: nn.Module, optims: dict, gen: torch.Generator, rule,
+             device: torch.device) -> tuple:
+    """Put a :func:`_snapshot` back; returns (best, history)."""
+    with torch.no_grad():
+        for name, m in masks.items():
+            m.scores.copy_(state["scores"][name])
+    head.load_state_dict(state["head"])
+    for name, o in optims.items():
+        o.load_state_dict(state[name])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    for key, value in state["rule"].items():
+        setattr(rule, key, value)
+    return state["best"], list(state["history"])
 
 
 def _objective(masks: dict, alpha: float):

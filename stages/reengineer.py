@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import typer
 
 from seam.artifact import save_artifact
 from seam.atomic import write_csv, write_json
@@ -16,11 +17,14 @@ from seam.errors import run_stage
 from seam.params import ParamsError, load_params
 from seam.pretrained import load_pretrained
 from seam.problem import TargetProblem
+from seam.resume import ResumeFile, file_digest
 from seam.search import SearchConfig, search
 from seam.selection import AccuracyTarget
 
 
-def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path) -> None:
+def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,
+         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         ) -> None:
     params = load_params()
     if target not in params.targets:
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
@@ -41,10 +45,14 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     # Several targets in parallel (`dvc queue start -j N`) share the cores: OMP_NUM_THREADS sets each one's share.
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}{threads}", file=sys.stderr)
+    # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
+    resume = ResumeFile(state_dir / f"reengineer-{target}.pt", {
+        "stage": "reengineer", "target": target, "config": asdict(config), "early_stop": p.early_stop,
+        "device": str(device), "problem": file_digest(problem_file), "model": info.sha256})
     start = time.perf_counter()
     result = search(original, problem, mean=info.mean, std=info.std, config=config,
                     stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch,
-                    source_outputs=info.source_outputs(problem))
+                    source_outputs=info.source_outputs(problem), resume=resume)
     seconds = time.perf_counter() - start
     save_artifact(
         out,
@@ -67,6 +75,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     # bytes, so DVC re-runs nothing downstream of a forced re-run.
     write_json({"seconds": round(seconds, 1), "epochs_run": len(result.history), "device": str(device),
                 "threads": torch.get_num_threads()}, timing)
+    resume.clear()
     sel = result.history[result.selected_epoch]
     print(f"{target}: kept epoch {result.selected_epoch} of {len(result.history)} "
           f"(retention {sel['retention']:.4f}, {config.select_on} acc {sel[config.select_on + '_acc']:.4f} "

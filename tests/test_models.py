@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -342,3 +345,36 @@ def test_remos_bad_input_is_refused_and_nothing_written(project):
     dataclasses.replace(empty, train_x=empty.train_x[:0], train_y=empty.train_y[:0]).save(project / "data" / "t.pt")
     assert "target problem 'tiny' has no training images" in run_fails(project, "finetune.py", *args)
     assert not (project / "out").exists()
+
+
+def test_kill_9_mid_search_then_a_rerun_resumes_to_identical_outputs(project):
+    """README, "Resuming": the state saved after each epoch survives kill -9; the rerun
+    continues it and writes the same per-epoch log and artifact as an uninterrupted run."""
+    epochs = 30
+    reengineer_through_params(project, params().model_dump(), tiny_target(), epochs=epochs)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["reengineer"]["early_stop"] = 0  # run every epoch, so there is time to kill it
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = ["t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv", "out/t.json"]
+    run(project, "reengineer.py", *args)
+    whole = {name: (project / "out" / name).read_bytes() for name in ("t.pt", "t.csv")}
+    assert len(whole["t.csv"].splitlines()) == epochs + 1
+
+    state = project / ".seam" / "resume" / "reengineer-t.pt"
+    assert not state.exists()  # cleared after a finished run
+    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "reengineer.py"), *args], cwd=project,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and torch.load(state, weights_only=True)["state"]["epoch"] >= 2:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, weights_only=True)["state"]["epoch"]
+    assert 2 <= saved < epochs - 1, saved  # killed mid-search, its state left behind
+
+    rerun = run(project, "reengineer.py", *args)
+    assert f"resuming after epoch {saved}" in rerun.stderr
+    assert {name: (project / "out" / name).read_bytes() for name in whole} == whole
+    assert not state.exists()

@@ -107,3 +107,60 @@ def test_removal_threshold_keeps_the_first_epoch_past_the_threshold():
     # Not reached within max_epochs: the last epoch is kept, whatever its accuracy.
     result = run(TinyNet().eval(), tiny_target(), max_epochs=3, threshold=0.99, early_stop=1)
     assert len(result.history) == 3 and result.selected_epoch == 2 and not result.reached_target
+
+
+class Killed(Exception):
+    """Stands in for a crash right after an epoch's state was saved."""
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, threshold):
+    from seam.resume import ResumeFile
+
+    data, key = tiny_target(), {"run": "a"}
+    torch.manual_seed(1)
+    model = TinyNet().eval()
+    config = SearchConfig(**{**DEFAULTS, "max_epochs": 9, "lr_mask": 0.2})
+    stop = AccuracyTarget.factory(4) if threshold is None else RemovalThreshold.factory(threshold)
+
+    def go(resume, on_epoch=None):
+        return search(model, data, mean=MEAN, std=STD, config=config, stop=stop, progress=False,
+                      on_epoch=on_epoch, resume=resume)
+
+    whole = go(None)
+    path = tmp_path / "state.pt"
+    crash_at = len(whole.history) // 2
+    assert crash_at >= 1
+
+    def crash(row):
+        if row["epoch"] == crash_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        go(ResumeFile(path, key), crash)
+    assert path.exists()
+    rows = []
+    resumed = go(ResumeFile(path, key), rows.append)
+    assert rows == whole.history == resumed.history  # epochs up to the crash replayed, the rest run
+    assert resumed.selected_epoch == whole.selected_epoch and resumed.reached_target == whole.reached_target
+    assert all(torch.equal(whole.masks[k], resumed.masks[k]) for k in whole.masks)
+    assert all(torch.equal(whole.head[k], resumed.head[k]) for k in whole.head)
+
+
+def test_a_foreign_or_torn_state_is_ignored_with_a_note(tmp_path, capsys):
+    from seam.resume import ResumeFile
+
+    data, path = tiny_target(), tmp_path / "state.pt"
+    config = SearchConfig(**{**DEFAULTS, "max_epochs": 3})
+
+    def go(key):
+        torch.manual_seed(1)
+        return search(TinyNet().eval(), data, mean=MEAN, std=STD, config=config,
+                      stop=AccuracyTarget.factory(0), progress=False, resume=ResumeFile(path, key))
+
+    first = go({"alpha": 1.0})
+    other = go({"alpha": 2.0})  # same file, another run's key: starts afresh
+    assert "saved by a different run" in capsys.readouterr().err and other.history == first.history
+    path.write_bytes(path.read_bytes()[:100])
+    torn = go({"alpha": 2.0})
+    assert "unreadable resume state ignored" in capsys.readouterr().err and torn.history == first.history
