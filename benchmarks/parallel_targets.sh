@@ -5,7 +5,7 @@
 #
 # Run it in a workspace where `dvc repro prepare fetch_model` has run, with absolute
 # dataset.source and SEAM_MODEL_MIRROR (queued runs start from a copy elsewhere):
-#   benchmarks/parallel_targets.sh [TARGET_A] [TARGET_B] [EPOCHS]
+#   uv run benchmarks/parallel_targets.sh [TARGET_A] [TARGET_B] [EPOCHS]
 set -euo pipefail
 a=${1:-cat}
 b=${2:-truck}
@@ -33,15 +33,16 @@ echo "two targets ($a, $b), $epochs search epochs each, $cores cores"
 batch 1 "$cores" 1001
 batch 2 $((cores / 2 > 0 ? cores / 2 : 1)) 1002
 
-# Same logs both ways? Each experiment commit holds the per-epoch CSV of the target it ran.
+# Same logs both ways? Each experiment's dvc.lock records the md5 of the CSV its target wrote.
 for t in "$a" "$b"; do
   sums=""
-  for ref in $(git for-each-ref --sort=-creatordate --count=4 --format='%(refname)' refs/exps); do
-    if git cat-file -e "$ref:plots/reengineer/$t.csv" 2>/dev/null \
-       && git show "$ref:params.yaml" | grep -q "early_stop: 100[12]"; then
-      sums="$sums $(git show "$ref:plots/reengineer/$t.csv" | md5sum | cut -c1-12)"
-    fi
+  for ref in $(git for-each-ref --sort=creatordate --format='%(refname)' refs/exps | tail -4); do
+    sum=$(git show "$ref:dvc.lock" | python -c "
+import sys, yaml
+outs = yaml.safe_load(sys.stdin)['stages'].get('reengineer@$t', {}).get('outs', [])
+print(''.join(o['md5'][:12] for o in outs if o['path'].endswith('.csv')))")
+    if [ -n "$sum" ]; then sums="$sums $sum"; fi
   done
-  echo "plots/reengineer/$t.csv md5 per batch:$sums"
+  echo "plots/reengineer/$t.csv md5, sequential then parallel:$sums"
 done
 rm -rf "$logs"
