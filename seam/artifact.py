@@ -4,6 +4,8 @@ rebuilds the re-engineered model from the original checkpoint and this artifact.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -17,7 +19,7 @@ from seam.masking import apply_masks
 from seam.errors import SeamError
 
 FORMAT = "seam-artifact"
-VERSION = 1
+VERSION = 2  # 2: a digest of the content
 
 
 class ArtifactError(SeamError, ValueError):
@@ -56,12 +58,26 @@ def save_artifact(path: str | os.PathLike, *, masks: dict[str, torch.Tensor], he
     for key in ("model", "model_sha256", "target", "num_outputs"):
         if key not in meta:
             raise ArtifactError(f"artifact metadata lacks {key!r}")
-    save_torch({"format": FORMAT, "version": VERSION, "meta": meta, "masks": pack_masks(masks),
-                "head": {k: v.detach().cpu() for k, v in head.items()}}, path)
+    content = {"meta": meta, "masks": pack_masks(masks), "head": {k: v.detach().cpu() for k, v in head.items()}}
+    save_torch({"format": FORMAT, "version": VERSION, **content, "digest": content_digest(content)}, path)
+
+
+def content_digest(content: dict[str, Any]) -> str:
+    """sha256 of an artifact's meta, mask bits and head, independent of how torch lays them out."""
+    h = hashlib.sha256(json.dumps(content["meta"], sort_keys=True, default=str).encode())
+    masks = content["masks"]
+    h.update(json.dumps([masks["names"], masks["shapes"], masks["count"]]).encode())
+    h.update(masks["bits"].numpy().tobytes())
+    for name in sorted(content["head"]):
+        t = content["head"][name].contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_artifact(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an artifact (``weights_only=True``); masks come back unpacked as bool tensors."""
+    """Read an artifact (``weights_only=True``) and check its content against its digest; masks
+    come back unpacked as bool tensors."""
     if not os.path.exists(path):
         raise ArtifactError(f"{path}: no such artifact (run the reengineer stage first)")
     try:
@@ -71,8 +87,15 @@ def load_artifact(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a {FORMAT} file")
     if raw.get("version") != VERSION:
-        raise ArtifactError(f"{path}: artifact version {raw.get('version')}, this code reads {VERSION}")
-    return {"meta": raw["meta"], "masks": unpack_masks(raw["masks"]), "head": raw["head"]}
+        raise ArtifactError(f"{path}: artifact version {raw.get('version')}, this code reads {VERSION} "
+                            "(run the reengineer stage again)")
+    try:
+        intact = raw["digest"] == content_digest(raw)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: malformed artifact ({exc!r})") from exc
+    if not intact:
+        raise ArtifactError(f"{path}: content does not match its digest (the file was altered or damaged)")
+    return {"meta": raw["meta"], "masks": unpack_masks(raw["masks"]), "head": raw["head"], "digest": raw["digest"]}
 
 
 def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_sha256: str | None = None) -> nn.Module:

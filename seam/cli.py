@@ -57,12 +57,20 @@ def fetch(
 
 
 @command
-def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>.pt")) -> None:
-    """Summarise a re-engineering artifact: model, target, weights kept, selected epoch."""
-    from seam.artifact import load_artifact
-    from seam.masking import count_kept
+def info(
+    artifact: Path = typer.Argument(..., help="models/reengineered/<target>.pt"),
+    pretrained: Path = typer.Option(Path("models/pretrained"), help="the original model, to verify it too"),
+) -> None:
+    """Summarise a re-engineering artifact (model, target, weights kept, selected epoch) after
+    verifying its content, and the checkpoint it needs where that folder exists."""
+    import json
 
-    art = load_artifact(artifact)
+    from seam.artifact import load_artifact
+    from seam.download import cached_sha256
+    from seam.masking import count_kept
+    from seam.pretrained import PretrainedModel
+
+    art = load_artifact(artifact)  # refuses an altered file
     meta = art["meta"]
     kept, total = count_kept(art["masks"])
     target = meta["target"]
@@ -72,6 +80,17 @@ def info(artifact: Path = typer.Argument(..., help="models/reengineered/<target>
     typer.echo(f"selected  epoch {meta['selected_epoch']} of {meta['epochs_run']} "
                f"(reached the original's accuracy: {meta['reached_target']})")
     typer.echo(f"search    {meta['search']}")
+    typer.echo(f"verified  content (sha256 {art['digest'][:12]})")
+    record = pretrained / "model.json"
+    if record.is_file():
+        checkpoint = pretrained / PretrainedModel(**json.loads(record.read_text())).file
+        actual = cached_sha256(checkpoint) if checkpoint.is_file() else "missing"
+        if actual != meta["model_sha256"]:
+            raise SeamError(f"{checkpoint}: sha256 {actual[:12]}, but {artifact} was searched on "
+                            f"{meta['model_sha256'][:12]} (a different or altered checkpoint)")
+        typer.echo(f"verified  checkpoint {checkpoint}")
+    else:
+        typer.echo(f"          checkpoint not checked ({record} not found; --pretrained names it)")
 
 
 def _names(option: str | None) -> list[str] | None:

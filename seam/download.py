@@ -39,6 +39,18 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, hashed once per process while its path, mtime and size stay the same."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
+
+
 def _normalise_hex(value: str, what: str) -> str:
     value = value.strip().lower()
     if not value or any(c not in "0123456789abcdef" for c in value):

@@ -14,6 +14,7 @@ from torch import nn
 
 from seam.artifact import build_reengineered, load_artifact
 from seam.atomic import write_json
+from seam.download import cached_sha256
 from seam.masking import maskable_tensors
 from seam.problem import TargetProblem
 from seam.registry import ModelError, build_arch, load_weights
@@ -148,7 +149,11 @@ def load_pretrained(directory: str | os.PathLike) -> tuple[PretrainedModel, nn.M
     if not info_path.is_file():
         raise ModelError(f"{info_path}: not found (run the fetch_model stage first)")
     record = PretrainedModel(**json.loads(info_path.read_text()))
-    return record, record.build(directory / record.file)
+    checkpoint = directory / record.file
+    if checkpoint.is_file() and (actual := cached_sha256(checkpoint)) != record.sha256:
+        raise ModelError(f"{checkpoint}: sha256 {actual[:12]}…, but {info_path} records {record.sha256[:12]}… "
+                         "(the file was replaced or altered; run the fetch_model stage)")
+    return record, record.build(checkpoint)
 
 
 def check_images(record: PretrainedModel, problem: TargetProblem, where: str) -> None:

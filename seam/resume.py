@@ -20,14 +20,6 @@ import torch
 from seam.atomic import save_torch
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def code_digest() -> str:
     """sha256 of the `seam` package's source: a code change starts the run afresh."""
     root = Path(__file__).resolve().parent

@@ -1,3 +1,6 @@
+import struct
+import zipfile
+
 import pytest
 import torch
 
@@ -72,3 +75,35 @@ def test_artifact_errors(tmp_path):
     with pytest.raises(ArtifactError, match="lacks"):
         save_artifact(tmp_path / "b.pt", masks=masks, head={}, meta={"model": "x"})
     assert not (tmp_path / "b.pt").exists()
+
+
+def _flip_byte_of_member(path, size):
+    """Flip one byte inside the stored zip member of `size` bytes (torch stores tensors uncompressed)."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.file_size == size and "/data/" in i.filename)
+    data = bytearray(path.read_bytes())
+    # the data follows the local header, whose extra field (torch's alignment padding) has its own length
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_an_altered_artifact_is_refused(tmp_path):
+    _, model, masks = searched_model()
+    path = tmp_path / "a.pt"
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META)
+    n_bits = (8 * 3 * 9 + 8 * 8 * 9 + 8 + 32 + 4 + 7) // 8  # TinyNet's mask entries, packed
+    _flip_byte_of_member(path, n_bits)
+    with pytest.raises(ArtifactError, match=r"a\.pt: content does not match its digest"):
+        load_artifact(path)
+
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META)
+    raw = torch.load(path, weights_only=True)
+    raw["head"]["1.bias"] = raw["head"]["1.bias"] + 1  # a re-saved file with other weights
+    torch.save(raw, path)
+    with pytest.raises(ArtifactError, match="content does not match its digest"):
+        load_artifact(path)
+    raw["version"] = 1
+    torch.save(raw, path)
+    with pytest.raises(ArtifactError, match="artifact version 1, this code reads 2"):
+        load_artifact(path)

@@ -378,3 +378,19 @@ def test_kill_9_mid_search_then_a_rerun_resumes_to_identical_outputs(project):
     assert f"resuming after epoch {saved}" in rerun.stderr
     assert {name: (project / "out" / name).read_bytes() for name in whole} == whole
     assert not state.exists()
+
+
+def test_an_altered_checkpoint_behind_model_json_is_refused(project):
+    """Issue: a same-architecture checkpoint with other weights was evaluated silently."""
+    record = fetch_pretrained(params(), project / "out")
+    save_pretrained(record, project / "out")
+    load_pretrained(project / "out")  # intact: loads
+    checkpoint = project / "out" / record.file
+    saved = torch.load(checkpoint, weights_only=True)
+    state = saved.get("state_dict", saved)  # the file as fetched, wrapper and all
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] * 1.01  # same architecture, other weights
+    torch.save(saved, checkpoint)
+    with pytest.raises(ModelError, match=rf"{record.file}: sha256 [0-9a-f]{{12}}…, but .*model.json records "
+                                         rf"{record.sha256[:12]}… \(the file was replaced or altered"):
+        load_pretrained(project / "out")
