@@ -16,8 +16,10 @@ logs=$(mktemp -d)
 
 batch() {  # workers, threads per worker, early_stop
   local jobs=$1 threads=$2 early_stop=$3
-  # early_stop > epochs never fires; a value per batch only keeps the second batch from
-  # being a run-cache hit of the first
+  # A worker keeps the environment it started with: wait until the previous batch's are gone.
+  until dvc queue status 2>/dev/null | grep -q "Worker status: 0 active, 0 idle"; do sleep 1; done
+  # early_stop > epochs never fires; a new value per batch only keeps it from being a
+  # run-cache hit of an earlier batch
   for t in "$a" "$b"; do
     dvc exp run --queue -q -S "reengineer.max_epochs=$epochs" -S "reengineer.early_stop=$early_stop" "reengineer@$t"
   done
@@ -30,8 +32,9 @@ batch() {  # workers, threads per worker, early_stop
 }
 
 echo "two targets ($a, $b), $epochs search epochs each, $cores cores"
-batch 1 "$cores" 1001
-batch 2 $((cores / 2 > 0 ? cores / 2 : 1)) 1002
+stamp=$(date +%s)  # early_stop values unseen before: no batch is a run-cache hit of an earlier one
+batch 1 "$cores" "$stamp"
+batch 2 $((cores / 2 > 0 ? cores / 2 : 1)) $((stamp + 1))
 
 # Same logs both ways? Each experiment's dvc.lock records the md5 of the CSV its target wrote.
 for t in "$a" "$b"; do
@@ -43,6 +46,6 @@ outs = yaml.safe_load(sys.stdin)['stages'].get('reengineer@$t', {}).get('outs', 
 print(''.join(o['md5'][:12] for o in outs if o['path'].endswith('.csv')))")
     if [ -n "$sum" ]; then sums="$sums $sum"; fi
   done
-  echo "plots/reengineer/$t.csv md5, sequential then parallel:$sums"
+  echo "plots/reengineer/$t.csv md5, sequential then parallel:$sums (equal only at equal threads per run)"
 done
 rm -rf "$logs"

@@ -40,6 +40,7 @@ def convergence(logs: dict[str, pd.DataFrame], kinds: dict[str, str], path: str 
             ax.plot(log["epoch"], log["test_acc"], color=RETRAINED, alpha=alpha, lw=width, ls="--",
                     label=label("test accuracy"))
         ax.set(title=f"{kind} target problems ({len(names)})", xlabel="epoch", ylabel="share (0-1)", ylim=(0, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     fig.suptitle("Re-engineering convergence (the paper's Fig. 5)")
