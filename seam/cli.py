@@ -5,33 +5,19 @@ The pipeline itself runs through DVC (`dvc repro`); these commands help around i
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 
-from seam.errors import SeamError
+from seam.errors import SeamError, one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def command(fn: Callable[..., None]) -> Callable[..., None]:
-    """Register a `seam` command whose bad input (a SeamError) ends it with one line,
-    ``error: <message>``, and exit code 1; ``SEAM_DEBUG=1`` shows the traceback too."""
-
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except SeamError as exc:
-            if os.environ.get("SEAM_DEBUG"):
-                raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    return app.command()(guarded)
+    """Register a `seam` command whose bad input (a SeamError) ends it with one line."""
+    return app.command()(one_line_errors(fn))
 
 
 @command

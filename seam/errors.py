@@ -12,22 +12,28 @@ class SeamError(Exception):
     """Bad input the user can fix (a file, a key, a hash): reported without a traceback."""
 
 
-def run_stage(main: Callable[..., None]) -> None:
-    """Run a stage's ``main`` as a command line (typer, from its signature); a SeamError ends
-    it with ``error: <message>`` and exit code 1. Set ``SEAM_DEBUG=1`` for the traceback too.
-    """
-    import typer
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, ending a SeamError with ``error: <message>`` on stderr and exit code 1 instead of a
+    traceback (``SEAM_DEBUG=1`` shows the traceback too)."""
 
-    @functools.wraps(main)
-    def guarded(*args: Any, **kwargs: Any) -> None:
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
-            main(*args, **kwargs)
+            return fn(*args, **kwargs)
         except SeamError as exc:
             if os.environ.get("SEAM_DEBUG"):
                 raise
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
 
+    return guarded
+
+
+def run_stage(main: Callable[..., None]) -> None:
+    """Run a stage's ``main`` as a command line (typer, from its signature), its bad input
+    ended by :func:`one_line_errors`."""
+    import typer
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=sys.modules[main.__module__].__doc__)
-    app.command(help=sys.modules[main.__module__].__doc__)(guarded)
+    app.command(help=sys.modules[main.__module__].__doc__)(one_line_errors(main))
     app()

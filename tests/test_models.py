@@ -220,7 +220,8 @@ def reengineer_through_params(cwd: Path, model: dict, problem, epochs: int = 3) 
     problem.save(cwd / "data" / "t.pt")
     run(cwd, "fetch_model.py", "pretrained")
     run(cwd, "reengineer.py", "t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv", "out/t.json")
-    assert (cwd / "out" / "t.pt").is_file() and json.loads((cwd / "out" / "t.json").read_text())["seconds"] > 0
+    timing = json.loads((cwd / "out" / "t.json").read_text())
+    assert (cwd / "out" / "t.pt").is_file() and timing["epochs_run"] >= 1 and timing["seconds"] >= 0
     return (cwd / "out" / "t.csv").read_text()
 
 
