@@ -41,6 +41,10 @@ class TargetSpec:
     class_names: list[str]  # names of the K new labels
     train_per_class: int | None = None  # at most this many training images per label (None: all)
     test_per_class: int | None = None
+    key: str = ""  # its key path in params.yaml, for messages (default: targets.<name>)
+
+    def __post_init__(self) -> None:
+        self.key = self.key or f"targets.{self.name}"
 
 
 def _class_index(ref: Any, raw: RawDataset, where: str) -> int:
@@ -82,10 +86,19 @@ def expand_short(name: str, spec: Any) -> Any:
     return spec
 
 
-def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
+def parse_target(name: Any, spec: Any, raw: RawDataset, key: str | None = None) -> TargetSpec:
+    """Validate one target spec against `raw`; `key` is where params.yaml holds it
+    (default ``targets.<name>``), the key path its errors name."""
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise TargetError(f"targets: bad target name {name!r}; must match {NAME_RE.pattern}")
-    where = f"targets.{name}"
+    key = key or f"targets.{name}"
+    found = _parse_one(name, spec, raw, key)
+    _check_present(raw, found)
+    return found
+
+
+def _parse_one(name: str, spec: Any, raw: RawDataset, key: str) -> TargetSpec:
+    where = key
     if isinstance(spec, str) and spec not in SHORT:
         raise TargetError(f"{where}: unknown short form {spec!r}; expected one of {list(SHORT)} or a mapping")
     spec = expand_short(name, spec)
@@ -97,17 +110,17 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
     if unknown:
         raise TargetError(f"{where}: unknown key(s) {unknown}; besides the kind only {list(CAPS)}")
     caps = {}
-    for key in CAPS:
-        n = spec.get(key)
+    for cap in CAPS:
+        n = spec.get(cap)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise TargetError(f"{where}.{key}: expected a positive number of images per label, got {n!r}")
-        caps[key] = n
+            raise TargetError(f"{where}.{cap}: expected a positive number of images per label, got {n!r}")
+        caps[cap] = n
     kind = kinds[0]
     value = spec[kind]
     where = f"{where}.{kind}"
     if kind == "binary":
         c = _class_index(value, raw, where)
-        return TargetSpec(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"], **caps)
+        return TargetSpec(name, kind, [c], [raw.classes[c], f"not {raw.classes[c]}"], **caps, key=key)
     if kind == "classes":
         if not isinstance(value, list):
             raise TargetError(f"{where}: expected a list of class indices or names, got {value!r}")
@@ -119,7 +132,7 @@ def _parse_one(name: Any, spec: Any, raw: RawDataset) -> TargetSpec:
         idx = _superclass_members(value, raw, where)
     if len(idx) < 2:
         raise TargetError(f"{where}: needs at least 2 classes, got {len(idx)}")
-    return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx], **caps)
+    return TargetSpec(name, kind, idx, [raw.classes[c] for c in idx], **caps, key=key)
 
 
 def target_grid(kind: str, which: list[str] | None, names: list[str]) -> dict[str, str]:
@@ -146,17 +159,14 @@ def _check_present(raw: RawDataset, problem: TargetSpec) -> None:
         counts = torch.bincount(labels, minlength=len(raw.classes))
         for c in problem.source_classes:
             if counts[c] == 0:
-                raise TargetError(f"targets.{problem.name}: class {raw.classes[c]!r} ({c}) has no {split} images")
+                raise TargetError(f"{problem.key}: class {raw.classes[c]!r} ({c}) has no {split} images")
 
 
 def parse_targets(specs: dict, raw: RawDataset) -> list[TargetSpec]:
     """Validate every target spec against `raw`; return the problems in spec order."""
     if not isinstance(specs, dict):
         raise TargetError(f"targets: expected a mapping name -> spec, got {specs!r}")
-    problems = [_parse_one(name, spec, raw) for name, spec in specs.items()]
-    for p in problems:
-        _check_present(raw, p)
-    return problems
+    return [parse_target(name, spec, raw) for name, spec in specs.items()]
 
 
 def _binary_split(labels: torch.Tensor, c: int, gen: torch.Generator, where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +192,7 @@ def _subset_split(labels: torch.Tensor, classes: list[int], n_classes: int) -> t
 
 def build_target(raw: RawDataset, problem: TargetSpec, *, seed: int, val_fraction: float) -> TargetProblem:
     """Build the train/val/test tensors of a target problem (deterministic in `seed`)."""
-    where = f"targets.{problem.name}"
+    where = problem.key
     _check_present(raw, problem)
     gen = torch.Generator().manual_seed(seed)
     splits = {}
@@ -200,7 +210,8 @@ def build_target(raw: RawDataset, problem: TargetSpec, *, seed: int, val_fractio
         members = torch.nonzero(train_y == k).flatten()
         n_val = round(val_fraction * len(members))
         if n_val >= len(members) and len(members) > 0:
-            raise TargetError(f"{where}: val_fraction {val_fraction} leaves no training images for label {k}")
+            raise TargetError(f"prepare.val_fraction: {val_fraction} leaves no training images for label {k} "
+                              f"of {where}")
         perm = members[torch.randperm(len(members), generator=gen)]
         val.append(perm[:n_val])
         keep.append(perm[n_val:])

@@ -8,13 +8,13 @@ from pathlib import Path
 from seam.datasets import load_dataset
 from seam.errors import run_stage
 from seam.params import load_params
-from seam.targets import build_target, parse_targets
+from seam.targets import build_target, parse_target
 
 
 def main(raw_dir: Path, out: Path) -> None:
     params = load_params()
     raw = load_dataset(params.dataset, raw_dir)
-    (spec,) = parse_targets({"defects": params.defects.target}, raw)
+    spec = parse_target("defects", params.defects.target, raw, key="defects.target")
     problem = build_target(raw, spec, seed=params.seed, val_fraction=params.prepare.val_fraction)
     problem = problem.capped(params.defects.train_per_class, params.defects.test_per_class, seed=params.seed)
     problem.save(out)

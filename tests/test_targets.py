@@ -10,7 +10,7 @@ import torch
 
 from seam.datasets import ImageSet, RawDataset
 from seam.problem import TargetError, TargetProblem
-from seam.targets import TargetSpec, build_target, parse_targets
+from seam.targets import TargetSpec, build_target, parse_target, parse_targets
 
 CLASSES = ["a", "b", "c", "d", "e", "f"]
 TRAIN_COUNTS = [20, 13, 9, 7, 5, 11]
@@ -231,8 +231,14 @@ def test_val_fraction_leaving_no_training_images(raw: RawDataset) -> None:
     raw.train.labels[raw.train.labels == 4] = 5
     raw.train.labels[0] = 4  # class e: a single training image
     (p,) = parse_targets({"t": {"classes": [4, 5]}}, raw)
-    with pytest.raises(TargetError, match=r"targets\.t: val_fraction 0\.6 leaves no training images for label 0"):
+    with pytest.raises(TargetError, match=r"^prepare\.val_fraction: 0\.6 leaves no training images for label 0 "
+                                          r"of targets\.t$"):
         build_target(raw, p, seed=0, val_fraction=0.6)
+
+
+def test_errors_in_the_defects_target_name_its_key(raw: RawDataset) -> None:
+    with pytest.raises(TargetError, match=r"^defects\.target\.classes\[1\]: unknown class name 'zebra'"):
+        parse_target("defects", {"classes": ["a", "zebra"]}, raw, key="defects.target")
 
 
 def test_build_rejects_class_without_images(raw: RawDataset) -> None:
