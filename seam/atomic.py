@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -38,6 +36,8 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` through a temporary file. Given a path, torch names the zip's records after
     the (random) temporary file; given an open file it names them "archive", so the bytes
     depend on `obj` alone and an unchanged result does not look changed to DVC."""
+    import torch  # here, so that stages writing no tensors (validate) start without torch
+
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 

@@ -85,7 +85,7 @@ def pipeline(tmp_path_factory):
     dvc = [sys.executable, "-m", "dvc"]
     out = sh(dvc + ["repro"], repo, env)
     # As the README says: commit the run, so experiments have a baseline to diff against.
-    sh(["git", "add", "dvc.lock", "metrics", "plots"], repo, env)
+    sh(["git", "add", "dvc.lock"], repo, env)
     sh(["git", "commit", "-qm", "baseline"], repo, env)
     return {"repo": repo, "env": env, "dvc": dvc, "repro_log": out}
 
@@ -217,6 +217,56 @@ def test_search_params_do_not_touch_the_defect_stages(pipeline):
         (repo / "params.yaml").write_text(original)
 
 
+def results(repo: Path) -> dict[str, bytes]:
+    """Every pipeline output file, by path."""
+    return {str(f.relative_to(repo)): f.read_bytes() for top in ("data", "models", "metrics", "plots", "results", "report")
+            for f in sorted((repo / top).rglob("*")) if f.is_file()}
+
+
+def test_a_params_typo_stops_at_validate_and_keeps_every_result(pipeline):
+    """Issue 12.3: a bad value in a key only a late stage reads (its plots were uncached, and
+    DVC deleted them before the stage refused the value) now stops the run before any stage."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    original, before = (repo / "params.yaml").read_text(), results(repo)
+    try:
+        params = yaml.safe_load(original)
+        params["defects"]["seam"]["reengineer"]["threshold"] = 1.0
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run(dvc + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert errors[0] == "error: params.yaml: defects.seam.reengineer.threshold: Input should be less than 1, got 1.0"
+        assert "Running stage 'finetune_seam'" not in proc.stdout
+        after = results(repo)
+        # validate's own marker is gone with its failure (no stage below it can run without it)
+        assert "results/params.ok" not in after
+        assert after == {k: v for k, v in before.items() if k != "results/params.ok"}
+    finally:
+        (repo / "params.yaml").write_text(original)
+    sh(dvc + ["checkout"], repo, env)
+    assert results(repo) == before
+
+
+def test_after_a_stage_fails_dvc_checkout_restores_its_outputs(pipeline):
+    """A value only the data can refuse fails inside `prepare`, after DVC deleted
+    data/prepared: every output is cached, so `dvc checkout` brings it back."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    original, before = (repo / "params.yaml").read_text(), results(repo)
+    try:
+        params = yaml.safe_load(original)
+        params["prepare"]["val_fraction"] = 0.99
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        proc = subprocess.run(dvc + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert "error: prepare.val_fraction: 0.99 leaves no training images for label 0 of targets.airplane" \
+            in proc.stderr.splitlines(), proc.stderr[-2000:]
+        assert not (repo / "data/prepared").exists()  # DVC removed it before running prepare
+    finally:
+        (repo / "params.yaml").write_text(original)
+    sh(dvc + ["checkout"], repo, env)
+    assert results(repo) == before
+
+
 def test_a_queued_target_comes_back_through_the_run_cache(pipeline):
     """README, "Parallel targets": a target re-engineered by a queued experiment (a worker of
     `dvc exp run --run-all -j N`) is restored in the workspace from DVC's run-cache, not recomputed."""
@@ -228,3 +278,13 @@ def test_a_queued_target_comes_back_through_the_run_cache(pipeline):
     assert "Stage 'reengineer@airplane' is cached - skipping run" in out, out
     log = (repo / "plots/reengineer/airplane.csv").read_text().splitlines()
     assert len(log) == 4  # header + the 3 epochs the queued run wrote
+
+
+def test_a_relative_dataset_source_works_in_a_queued_experiment(pipeline):
+    """Issue 12.5: the README's relative offline override (`../shared/...`) also works where
+    `dvc exp run --queue` runs, a copy of the workspace under .dvc/tmp/exps/."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    assert (repo.parent / "tiny").is_dir()
+    sh(dvc + ["exp", "run", "--queue", "-S", "dataset.source=../tiny", "download"], repo, env)
+    out = sh(dvc + ["exp", "run", "--run-all", "-j", "1"], repo, env)
+    assert "Running stage 'download'" in out and "dataset imagefolder -> data/raw" in out, out

@@ -71,3 +71,26 @@ def test_image_size_that_does_not_fit_the_model_is_refused():
     with pytest.raises(ModelError, match="expects 3x32x32 images.*has 3x64x64"):
         check_images(get_spec("resnet20"), data, "data/defects/target.pt")
     check_images(get_spec("resnet20"), SimpleNamespace(train_x=torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), "ok")
+
+
+def test_prepare_reports_images_per_class_and_a_short_class(tmp_path):
+    """Issue 12.4: a class that lost images (a partial download) shows in prepare's output and metrics."""
+    from PIL import Image
+
+    for split, sizes in (("train", {"ant": 6, "bee": 6, "cow": 3}), ("test", {"ant": 2, "bee": 2, "cow": 2})):
+        for cls, n in sizes.items():
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 9, 9)).save(tmp_path / "tree" / split / cls / f"{i}.png")
+    params = dict(PARAMS, dataset={"name": "imagefolder", "source": str(tmp_path / "tree"), "sha256": None},
+                  targets={"pair": ["ant", "cow"]}, retrain=dict(PARAMS["retrain"], targets=["pair"]))
+    assert run_stage(tmp_path, "download.py", "raw", params=params).returncode == 0
+    proc = run_stage(tmp_path, "prepare.py", "raw", "prepared", "metrics/data.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 15 images: ant 6, bee 6, cow 3" in proc.stdout.splitlines()
+    assert "note: train class 'cow' has 3 images, the largest 6" in proc.stderr
+    import json
+
+    assert json.loads((tmp_path / "metrics/data.json").read_text()) == {
+        "train": {"images": 15, "per_class_min": 3, "per_class_max": 6, "smallest_class": "cow"},
+        "test": {"images": 6, "per_class_min": 2, "per_class_max": 2, "smallest_class": "ant"}}
