@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seam.download import ChecksumError, DownloadError, fetch_file, is_url, verify
+from seam.download import ChecksumError, DownloadError, fetch_file, is_url, shown_path, verify, workspace_path
 from seam.errors import SeamError
 from seam.params import DatasetParams
 
@@ -115,16 +115,20 @@ def _as_dataset_error() -> Iterator[None]:
 def _fetch_archive(source: str, dest: Path, *, sha256: str | None = None, md5: str | None = None) -> None:
     """Copy a local archive or download a URL to `dest`, verified against the digests given."""
     if not is_url(source):
-        src = Path(source).expanduser()
+        src = workspace_path(source)
         if not src.exists():
-            raise DatasetError(f"dataset.source: {src} does not exist")
+            raise DatasetError(f"dataset.source: {shown_path(source)} does not exist")
         if not src.is_file():
-            raise DatasetError(f"dataset.source: {src} is not a file (expected an archive)")
+            raise DatasetError(f"dataset.source: {shown_path(source)} is not a file (expected an archive)")
         source = str(src)
-    with _as_dataset_error():
+    try:
         # An imagefolder archive may come without dataset.sha256: nothing to verify then.
         fetch_file(source, dest, sha256=sha256, md5=md5, offline_hint=_OFFLINE_HINT,
                    unverified=sha256 is None and md5 is None)
+    except ChecksumError as e:  # the user's dataset.sha256, or the official archive's md5
+        raise DatasetError(f"{'dataset.sha256' if sha256 else 'dataset.source'}: {e}") from None
+    except DownloadError as e:
+        raise DatasetError(f"dataset.source: {e}") from None
 
 
 def _download_cifar(name: str, source: str | None, sha256: str | None, tmp: Path) -> None:
@@ -152,9 +156,9 @@ def _download_imagefolder(source: str, sha256: str | None, tmp: Path) -> None:
         if not _is_archive(name):
             raise DatasetError(f"dataset.source: URL {source} must name a {'/'.join(ARCHIVE_SUFFIXES)} archive")
     else:
-        src = Path(source).expanduser()
+        src = workspace_path(source)
         if not src.exists():
-            raise DatasetError(f"dataset.source: {src} does not exist")
+            raise DatasetError(f"dataset.source: {shown_path(source)} does not exist")
         if src.is_dir():
             if sha256 is not None:
                 raise DatasetError(f"dataset.sha256: only archives can be checked, but source {src} is a directory")

@@ -103,11 +103,36 @@ def is_url(source: str) -> bool:
     return urllib.parse.urlsplit(source).scheme in ("http", "https")
 
 
+_QUEUED_RUN = (".dvc", "tmp", "exps")  # where `dvc exp run --queue/--temp` runs its copy of the workspace
+
+
+def workspace_path(text: str | os.PathLike) -> Path:
+    """A local path as a user wrote it (params.yaml, an environment variable): ``~`` expanded,
+    a relative path taken from the DVC workspace. A queued experiment runs in a copy at
+    ``<workspace>/.dvc/tmp/exps/<tmp>/``; there a relative path is taken from the workspace it
+    was queued from, so ``../shared/...`` means the same file in both."""
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return path
+    cwd = Path.cwd()
+    base = next((Path(*cwd.parts[:i]) for i in range(1, len(cwd.parts) - 2)
+                 if cwd.parts[i:i + 3] == _QUEUED_RUN), cwd)
+    return Path(os.path.normpath(base / path))
+
+
+def shown_path(text: str | os.PathLike) -> str:
+    """`text` for a message: a relative path with what it resolved to, and from where."""
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    return f"{text} (= {workspace_path(text)}, from {Path.cwd()})"
+
+
 def _local_source(source: str | os.PathLike) -> Path:
     text = os.fspath(source)
     if text.startswith("file://"):
         return Path(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))
-    return Path(text)
+    return workspace_path(text)
 
 
 def _download(url: str, tmp: Path, progress: bool, offline_hint: str) -> None:
@@ -199,9 +224,9 @@ def fetch_file(
 
     src = _local_source(source)
     if not src.is_file():
-        raise FileNotFoundError(f"source file not found: {src}")
+        raise FileNotFoundError(f"source file not found: {shown_path(source)}")
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
         # Check the copy, not the source: the bytes at dest are what must match.
-        check(tmp, f"{src} (copying to {dest})")
+        check(tmp, str(src))
     return dest

@@ -23,9 +23,8 @@ MIRROR_ENV = "SEAM_MODEL_MIRROR"
 def _mirror_source(spec: ModelSpec, mirror: str) -> str:
     if download.is_url(mirror):
         return mirror.rstrip("/") + "/" + spec.filename
-    path = Path(mirror).expanduser()
-    # A relative mirror resolves against the working directory, which a queued experiment moves.
-    where = f"model mirror {mirror}" + ("" if path.is_absolute() else f" (= {path.resolve()}, from {Path.cwd()})")
+    path = download.workspace_path(mirror)
+    where = f"model mirror {download.shown_path(mirror)}"
     if path.is_dir():
         candidate = path / spec.filename
         if not candidate.is_file():

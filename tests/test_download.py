@@ -199,3 +199,19 @@ def test_unverified_fetch_copies_without_a_digest_and_refuses_by_default(tmp_pat
     dest.write_bytes(b"stale")
     assert fetch_file(src, dest, unverified=True) == dest
     assert dest.read_bytes() == b"user data"  # no digest to trust an existing file by: fetched afresh
+
+
+def test_a_relative_path_means_the_same_file_in_a_queued_experiment(tmp_path, monkeypatch):
+    """Issue 12.5: `dvc exp run --queue` runs a copy of the workspace at
+    <workspace>/.dvc/tmp/exps/<tmp>/; `../shared/...` there is taken from the workspace."""
+    from seam.download import shown_path, workspace_path
+
+    ws = tmp_path / "ws"
+    queued = ws / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    queued.mkdir(parents=True)
+    monkeypatch.chdir(ws)
+    assert workspace_path("../shared/a.tar") == tmp_path / "shared" / "a.tar"
+    monkeypatch.chdir(queued)
+    assert workspace_path("../shared/a.tar") == tmp_path / "shared" / "a.tar"
+    assert workspace_path("/abs/a.tar") == Path("/abs/a.tar")
+    assert shown_path("../shared/a.tar") == f"../shared/a.tar (= {tmp_path}/shared/a.tar, from {queued})"
