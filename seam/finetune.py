@@ -13,7 +13,7 @@ best epoch, early stopping.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -25,6 +25,7 @@ from seam.augment import Normalize
 from seam.errors import SeamError
 from seam.masking import apply_masks
 from seam.problem import TargetProblem
+from seam.resume import ResumeFile, rng_state, set_rng_state
 from seam.selection import BestAccuracy
 from seam.training import batch_bar, evaluate, train_epoch
 
@@ -125,6 +126,7 @@ def finetune(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: ResumeFile | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``model`` on ``problem``; return the best epoch's weights.
 
@@ -133,7 +135,9 @@ def finetune(
     ``lr_hidden`` (or stay frozen with ``train_only_output``). Each epoch evaluates the
     ``select_on`` split (and the other split when it has images); the epoch with the
     highest selection accuracy is kept (:class:`~seam.selection.BestAccuracy`).
-    ``model`` itself is not modified.
+    ``model`` itself is not modified. With ``resume``, the whole state is saved after every
+    epoch and a saved state of the same run is continued: the rows already done go to
+    ``on_epoch`` again, and the result equals an uninterrupted run's.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)  # dropout draws from the global RNG
@@ -160,7 +164,21 @@ def finetune(
     rule = BestAccuracy(config.early_stop)
     best_state = None
     history = []
-    epochs = tqdm(range(config.max_epochs), desc=f"finetune {problem.name}", unit="epoch", disable=not progress)
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        set_rng_state(state, gen, device)
+        for key, value in state["rule"].items():
+            setattr(rule, key, value)
+        best_state, history = state["best"], list(state["history"])
+        for row in history:
+            if on_epoch is not None:
+                on_epoch(row)
+    start = len(history)
+    todo = range(start, config.max_epochs) if not (history and rule.should_stop) else range(0)
+    epochs = tqdm(todo, initial=start, total=config.max_epochs, desc=f"finetune {problem.name}", unit="epoch",
+                  disable=not progress)
     for epoch in epochs:
         _set_train_mode(model, head, config.train_only_output)
         sums, _ = train_epoch(model, optim, train_x, train_y, normalize=normalize, generator=gen,
@@ -175,6 +193,10 @@ def finetune(
         row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, **{f"{s}_acc": a for s, a in accs.items()},
                "selected": improved}
         history.append(row)
+        if resume is not None:
+            resume.save({"epoch": epoch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                         "optimizer": optim.state_dict(), **rng_state(gen, device), "rule": asdict(rule),
+                         "best": best_state, "history": history})
         if on_epoch is not None:
             on_epoch(row)
         epochs.set_postfix(loss=f"{loss:.4f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})

@@ -34,6 +34,7 @@ from seam.errors import SeamError
 from seam.finetune import FinetuneConfig, finetune, replace_classifier
 from seam.masking import apply_masks, fill_masks, hold_masks, maskable_tensors, release_masks
 from seam.problem import TargetProblem
+from seam.resume import ResumeFile
 from seam.training import batch_bar
 
 
@@ -163,7 +164,8 @@ def relevant_slice(model: nn.Module, cov: Coverage, ratio: float) -> Slice:
 
 def remos_flow(pretrained: nn.Module, classifier: str, problem: TargetProblem, *, mean, std, config: FinetuneConfig,
                dropout: float, device, ratio: float, coverage_threshold: float, keep_mask: bool,
-               on_epoch: Callable[[str, dict], None] | None = None) -> tuple[nn.Module, dict]:
+               on_epoch: Callable[[str, dict], None] | None = None,
+               resume: ResumeFile | None = None) -> tuple[nn.Module, dict]:
     """ReMoS: slice ``pretrained`` on the problem's training images, zero the removed weights,
     replace the output layer and fine-tune (the removed weights may regrow unless ``keep_mask``)."""
     if not len(problem.train_y):
@@ -178,7 +180,8 @@ def remos_flow(pretrained: nn.Module, classifier: str, problem: TargetProblem, *
     if keep_mask:
         hold_masks(model, found.masks)
     step = (lambda row: on_epoch("finetune", row)) if on_epoch else None
-    result = finetune(model, classifier, problem, mean=mean, std=std, config=config, device=device, on_epoch=step)
+    result = finetune(model, classifier, problem, mean=mean, std=std, config=config, device=device, on_epoch=step,
+                      resume=resume)
     model.load_state_dict(result.state_dict)
     if keep_mask:
         release_masks(model, found.masks)

@@ -19,7 +19,7 @@ from seam.candidate import ReengineeredModel
 from seam.errors import SeamError
 from seam.masking import attach_masks, binary_masks, retention
 from seam.problem import TargetProblem
-from seam.resume import ResumeFile
+from seam.resume import ResumeFile, rng_state, set_rng_state
 from seam.selection import RuleFactory
 from seam.training import batch_bar, evaluate, train_epoch
 
@@ -167,9 +167,7 @@ def _snapshot(masks: dict, head: nn.Module, optims: dict, gen: torch.Generator, 
         "scores": {name: m.scores.detach().cpu() for name, m in masks.items()},
         "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
         **{name: o.state_dict() for name, o in optims.items()},
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        **rng_state(gen, device),
         "rule": dataclasses.asdict(rule),
         "best": best,
         "history": history,
@@ -185,10 +183,7 @@ def _restore(state: dict, masks: dict, head: nn.Module, optims: dict, gen: torch
     head.load_state_dict(state["head"])
     for name, o in optims.items():
         o.load_state_dict(state[name])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    set_rng_state(state, gen, device)
     for key, value in state["rule"].items():
         setattr(rule, key, value)
     return state["best"], list(state["history"])

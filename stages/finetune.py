@@ -5,9 +5,11 @@ fine-tune) or by SeaM's three-step flow."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
+
+import typer
 
 from seam.atomic import write_csv
 from seam.device import resolve_device
@@ -17,6 +19,7 @@ from seam.params import load_params
 from seam.pretrained import check_images, load_pretrained
 from seam.problem import TargetProblem
 from seam.remos import remos_flow
+from seam.resume import ResumeFile
 from seam.reuse import save_finetuned, seam_flow, standard
 from seam.search import SearchConfig
 
@@ -27,7 +30,9 @@ class Flow(str, Enum):
     seam = "seam"
 
 
-def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: Path) -> None:
+def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: Path,
+         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         ) -> None:
     params = load_params()
     dropout = params.defects.dropout
     config = FinetuneConfig(**params.defects.finetune.model_dump(), select_on=params.select_on, seed=params.seed)
@@ -42,7 +47,12 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
         rows.append({"step": step, **row})
         write_csv(rows, log)
 
-    common = dict(mean=info.mean, std=info.std, config=config, dropout=dropout, device=device)
+    # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
+    own = {Flow.standard: None, Flow.remos: params.defects.remos, Flow.seam: params.defects.seam}[flow]
+    resume = ResumeFile.for_stage(state_dir, f"finetune-{flow.value}", device=device, inputs=(problem_file,),
+                                  config=asdict(config), dropout=dropout, flow=own and own.model_dump(),
+                                  model=info.sha256)
+    common = dict(mean=info.mean, std=info.std, config=config, dropout=dropout, device=device, resume=resume)
     print(f"fine-tuning ({flow.value}) {info.name} on {problem.class_names} ({len(problem.train_y)} images) "
           f"on {device}", file=sys.stderr)
     if flow is Flow.standard:
@@ -61,6 +71,7 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     save_finetuned(out, model, {
         "flow": flow.value, "model": info.name, "model_sha256": info.sha256, "classifier": classifier,
         "num_classes": problem.num_classes, "dropout": dropout, **summary})
+    resume.clear()
     per_layer = summary.pop("removed_per_layer", {})
     for name, share in per_layer.items():
         print(f"  removed {share:6.1%} of {name}", file=sys.stderr)

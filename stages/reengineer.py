@@ -17,7 +17,6 @@ from seam.errors import run_stage
 from seam.params import ParamsError, load_params
 from seam.pretrained import load_pretrained
 from seam.problem import TargetProblem
-from seam.download import cached_sha256
 from seam.resume import ResumeFile
 from seam.search import SearchConfig, search
 from seam.selection import AccuracyTarget
@@ -47,10 +46,8 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}{threads}", file=sys.stderr)
     # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
-    resume = ResumeFile(state_dir / f"reengineer-{target}.pt", {
-        "stage": "reengineer", "target": target, "config": asdict(config), "early_stop": p.early_stop,
-        "device": str(device), "threads": torch.get_num_threads(),  # the CPU's sums depend on it
-        "problem": cached_sha256(problem_file), "model": info.sha256})
+    resume = ResumeFile.for_stage(state_dir, f"reengineer-{target}", device=device, inputs=(problem_file,),
+                                  config=asdict(config), early_stop=p.early_stop, model=info.sha256)
     start = time.perf_counter()
     result = search(original, problem, mean=info.mean, std=info.std, config=config,
                     stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import typer
 
 from seam.atomic import write_csv, write_json
 from seam.device import resolve_device
@@ -14,10 +17,13 @@ from seam.finetune import FinetuneConfig
 from seam.params import load_params
 from seam.pretrained import check_images, load_pretrained
 from seam.problem import TargetProblem
+from seam.resume import ResumeFile
 from seam.reuse import save_finetuned, standard
 
 
-def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path) -> None:
+def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,
+         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         ) -> None:
     params = load_params()
     # One learning rate for every layer: nothing is pretrained, so the output layer gets no boost.
     # (Keys read one by one: adding a target to retrain.targets must not re-run the others.)
@@ -38,14 +44,17 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
 
     print(f"retraining {info.name} from scratch for {target} ({problem.class_names}, {len(problem.train_y)} "
           f"images) on {device}", file=sys.stderr)
+    resume = ResumeFile.for_stage(state_dir, f"retrain-{target}", device=device, inputs=(problem_file,),
+                                  config=asdict(config), model=info.sha256)
     start = time.perf_counter()
     model, summary = standard(untrained, info.final_layer(), problem, mean=info.mean, std=info.std, config=config,
-                              dropout=0.0, device=device, on_epoch=on_epoch)
+                              dropout=0.0, device=device, on_epoch=on_epoch, resume=resume)
     seconds = time.perf_counter() - start
     save_finetuned(out, model, {
         "flow": "retrain", "target": target, "model": info.name, "model_sha256": info.sha256,
         "classifier": info.final_layer(), "num_classes": problem.num_classes, "dropout": 0.0, **summary})
     write_json({"seconds": round(seconds, 1), "epochs_run": summary["epochs_run"], "device": str(device)}, timing)
+    resume.clear()
     best = rows[summary["best_epoch"]]
     print(f"{target}: kept epoch {summary['best_epoch']} of {summary['epochs_run']} "
           f"({config.select_on} acc {best[config.select_on + '_acc']:.4f}) in {seconds:.0f} s", file=sys.stderr)

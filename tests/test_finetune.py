@@ -167,3 +167,64 @@ def test_classifier_errors():
     before = copy.deepcopy(untouched.state_dict())
     run(untouched, max_epochs=1)  # a 4-class head on binary labels is fine: labels < 4
     assert all(torch.equal(before[k], v) for k, v in untouched.state_dict().items())
+
+
+class Killed(Exception):
+    """Stands in for a crash right after an epoch's state was saved."""
+
+
+def crash_at(epoch: int, step: str | None = None):
+    def on_epoch(*args):
+        row = args[-1]
+        if row["epoch"] == epoch and (step is None or args[0] == step):
+            raise Killed
+    return on_epoch
+
+
+def test_an_interrupted_finetuning_resumes_to_the_uninterrupted_result(tmp_path):
+    """Dropout draws from the global RNG, batches from the generator: both come back."""
+    from seam.resume import ResumeFile
+
+    model = replace_classifier(pretrained(), "fc", 2, dropout=0.5, seed=0)
+    config = FinetuneConfig(**{**DEFAULTS, "max_epochs": 6})
+
+    def go(resume=None, on_epoch=None):
+        return finetune(model, "fc", tiny_target(), mean=MEAN, std=STD, config=config, progress=False,
+                        on_epoch=on_epoch, resume=resume)
+
+    whole = go()
+    path = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        go(ResumeFile(path, {"run": 1}), crash_at(2))
+    rows = []
+    resumed = go(ResumeFile(path, {"run": 1}), rows.append)
+    assert rows == whole.history == resumed.history
+    assert resumed.best_epoch == whole.best_epoch
+    assert all(torch.equal(whole.state_dict[k], resumed.state_dict[k]) for k in whole.state_dict)
+
+
+def test_seams_flow_resumes_inside_its_last_step_and_replays_the_finished_ones(tmp_path):
+    from seam.resume import ResumeFile
+    from seam.reuse import seam_flow
+    from seam.search import SearchConfig
+
+    config = FinetuneConfig(**{**DEFAULTS, "max_epochs": 4})
+    kwargs = dict(mean=MEAN, std=STD, config=config, dropout=0.0, device="cpu", threshold=0.2,
+                  head_config=dataclasses.replace(config, train_only_output=True, max_epochs=2),
+                  search_config=SearchConfig(alpha=0.5, lr_mask=0.2, lr_head=0.01, batch_size=16, max_epochs=6,
+                                             select_on="val", seed=0))
+    rows_whole: list = []
+    whole, summary = seam_flow(pretrained(), "fc", tiny_target(), on_epoch=lambda s, r: rows_whole.append((s, r)),
+                               **kwargs)
+    resume = ResumeFile(tmp_path / "finetune-seam.pt", {"run": 1})
+    with pytest.raises(Killed):
+        seam_flow(pretrained(), "fc", tiny_target(), on_epoch=crash_at(1, "finetune"), resume=resume, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "finetune-seam.finetune.pt", "finetune-seam.output_layer.pt", "finetune-seam.reengineer.pt"]
+    rows: list = []
+    resumed, again = seam_flow(pretrained(), "fc", tiny_target(), on_epoch=lambda s, r: rows.append((s, r)),
+                               resume=resume, **kwargs)
+    assert rows == rows_whole and again == summary
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+    resume.clear()
+    assert not list(tmp_path.iterdir())
