@@ -239,6 +239,14 @@ def _missing(schema: type[Section], raw: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser's error in one line: where, and what (PyYAML's and ruamel's alike)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """The validated params file; a ParamsError names the file and every bad key path."""
     path = Path(path)
@@ -247,7 +255,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        raise ParamsError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     missing = _missing(Params, raw)

@@ -13,7 +13,7 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.comments import CommentedMap
 
 from seam.atomic import atomic_path
-from seam.params import ParamsError, Params, load_params
+from seam.params import ParamsError, Params, load_params, yaml_problem
 
 
 def _yaml() -> YAML:
@@ -33,7 +33,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     try:
         return _yaml().load(path.read_text())
     except YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
 
 
 def _merge(base: CommentedMap, overlay: dict, replace: set[str], prefix: str) -> None:
