@@ -19,7 +19,6 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from seam.augment import Normalize
 from seam.errors import SeamError
@@ -27,7 +26,7 @@ from seam.masking import apply_masks
 from seam.problem import TargetProblem
 from seam.resume import ResumeFile, rng_state, set_rng_state
 from seam.selection import BestAccuracy
-from seam.training import batch_bar, evaluate, train_epoch
+from seam.training import batch_bar, evaluate, remaining_epochs, train_epoch
 
 
 class FinetuneError(SeamError, ValueError):
@@ -172,13 +171,8 @@ def finetune(
         for key, value in state["rule"].items():
             setattr(rule, key, value)
         best_state, history = state["best"], list(state["history"])
-        for row in history:
-            if on_epoch is not None:
-                on_epoch(row)
-    start = len(history)
-    todo = range(start, config.max_epochs) if not (history and rule.should_stop) else range(0)
-    epochs = tqdm(todo, initial=start, total=config.max_epochs, desc=f"finetune {problem.name}", unit="epoch",
-                  disable=not progress)
+    epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"finetune {problem.name}",
+                              progress=progress, on_epoch=on_epoch)
     for epoch in epochs:
         _set_train_mode(model, head, config.train_only_output)
         sums, _ = train_epoch(model, optim, train_x, train_y, normalize=normalize, generator=gen,

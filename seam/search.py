@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from seam.accuracy import accuracy, original_accuracy, predict
 from seam.augment import Normalize
@@ -21,7 +20,7 @@ from seam.masking import attach_masks, binary_masks, retention
 from seam.problem import TargetProblem
 from seam.resume import ResumeFile, rng_state, set_rng_state
 from seam.selection import RuleFactory
-from seam.training import batch_bar, evaluate, train_epoch
+from seam.training import batch_bar, evaluate, remaining_epochs, train_epoch
 
 
 class SearchError(SeamError, ValueError):
@@ -111,13 +110,8 @@ def search(
     state = resume.load() if resume is not None else None
     if state is not None:
         best, history = _restore(state, masks, head, optims, gen, rule, device)
-        for row in history:
-            if on_epoch is not None:
-                on_epoch(row)
-    start = len(history)
-    todo = range(start, config.max_epochs) if not (history and rule.should_stop) else range(0)
-    epochs = tqdm(todo, initial=start, total=config.max_epochs, desc=f"search {problem.name}", unit="epoch",
-                  disable=not progress)
+    epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"search {problem.name}",
+                              progress=progress, on_epoch=on_epoch)
     for epoch in epochs:
         head_only = epoch % config.head_only_every == 0
         # Eval mode even while training: the search learns scores and the head, never the

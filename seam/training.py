@@ -22,6 +22,18 @@ def batch_bar(progress: bool) -> bool:
     return progress and sys.stderr.isatty()
 
 
+def remaining_epochs(history: list[dict], should_stop: bool, max_epochs: int, *, desc: str, progress: bool,
+                     on_epoch: Callable[[dict], None] | None = None) -> tqdm:
+    """The epochs a loop still has to run after ``history`` (a resumed run's rows, first
+    replayed to ``on_epoch``), as a per-epoch progress bar."""
+    for row in history:
+        if on_epoch is not None:
+            on_epoch(row)
+    start = len(history)
+    todo = range(0) if history and should_stop else range(start, max_epochs)
+    return tqdm(todo, initial=start, total=max_epochs, desc=desc, unit="epoch", disable=not progress)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
