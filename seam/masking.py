@@ -35,7 +35,7 @@ def binarize(scores: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreMask(nn.Module):
-    """Parametrization ``tensor -> tensor * (scores > 0)`` with learnable scores."""
+    """Parametrization ``tensor -> tensor * (scores > 0)`` with learnable scores, one per entry."""
 
     def __init__(self, like: torch.Tensor, init: float = 1.0):
         super().__init__()
@@ -43,6 +43,28 @@ class ScoreMask(nn.Module):
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor * binarize(self.scores).to(tensor.dtype)
+
+    def kept(self) -> torch.Tensor:
+        """The mask as a bool tensor of the masked tensor's shape."""
+        return self.scores.detach() > 0
+
+
+class ChannelScoreMask(nn.Module):
+    """Parametrization ``tensor -> tensor * (score > 0)`` with one learnable score per output
+    channel (dim 0: a filter, a linear row). A layer's bias shares its weight's scores, so a
+    channel's filter and bias are kept or removed together."""
+
+    def __init__(self, like: torch.Tensor, init: float = 1.0, scores: nn.Parameter | None = None):
+        super().__init__()
+        self.shape = tuple(like.shape)
+        self.scores = scores if scores is not None else nn.Parameter(
+            torch.full((like.shape[0],), init, dtype=torch.float32, device=like.device))
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * binarize(self.scores).to(tensor.dtype).view(-1, *[1] * (tensor.dim() - 1))
+
+    def kept(self) -> torch.Tensor:
+        return (self.scores.detach() > 0).view(-1, *[1] * (len(self.shape) - 1)).expand(self.shape).contiguous()
 
 
 # Exported graphs (torch.export) call these ops on weights held by plain container modules.
@@ -81,11 +103,13 @@ def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
     return (gm.get_submodule(path) if path else gm), pname
 
 
-def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, ScoreMask]:
+def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = (),
+                 per_channel: bool = False) -> dict[str, ScoreMask | ChannelScoreMask]:
     """Register a ScoreMask on every conv/linear weight and bias; freeze all original parameters.
 
     Tensors of the modules named in ``skip`` (and below them) stay unmasked. Returns the
-    masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``).
+    masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``). ``per_channel``: one
+    score per output channel (:class:`ChannelScoreMask`), shared by a layer's weight and bias.
     """
     targets = [t for t in maskable_tensors(model)
                if not any(t[0].startswith(f"{s}.") for s in skip)]
@@ -94,13 +118,24 @@ def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()
     for p in model.parameters():
         p.requires_grad_(False)
     masks = {}
+    shared: dict[int, nn.Parameter] = {}  # per module: its channel scores
     for name, module, pname in targets:
         if parametrize.is_parametrized(module, pname):
             raise ValueError(f"{name} already carries a parametrization; attach masks once")
-        mask = ScoreMask(getattr(module, pname), init)
+        tensor = getattr(module, pname)
+        if per_channel:
+            mask = ChannelScoreMask(tensor, init, shared.get(id(module)))
+            shared[id(module)] = mask.scores
+        else:
+            mask = ScoreMask(tensor, init)
         parametrize.register_parametrization(module, pname, mask)
         masks[name] = mask
     return masks
+
+
+def mask_scores(masks: dict[str, nn.Module]) -> list[nn.Parameter]:
+    """The distinct score tensors of ``masks`` (channel masks share one per layer), for an optimiser."""
+    return list({id(m.scores): m.scores for m in masks.values()}.values())
 
 
 def retention(masks: dict[str, ScoreMask]) -> torch.Tensor:
@@ -111,8 +146,8 @@ def retention(masks: dict[str, ScoreMask]) -> torch.Tensor:
 
 
 def binary_masks(masks: dict[str, ScoreMask]) -> dict[str, torch.Tensor]:
-    """The current masks as bool tensors on the CPU."""
-    return {name: (m.scores.detach() > 0).cpu() for name, m in masks.items()}
+    """The current masks as bool tensors of their tensors' shapes, on the CPU."""
+    return {name: m.kept().cpu() for name, m in masks.items()}
 
 
 def count_kept(bool_masks: dict[str, torch.Tensor]) -> tuple[int, int]:

@@ -101,6 +101,7 @@ class ReengineerParams(Section):
     batch_size: PositiveInt = 64
     max_epochs: PositiveInt = 50
     early_stop: NonNegativeInt = 15   # 0: never stop early
+    granularity: Literal["weight", "channel"] = "weight"   # what one mask score decides (seam.granularity)
 
 
 class RetrainParams(Section):

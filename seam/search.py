@@ -16,7 +16,8 @@ from seam.accuracy import accuracy, original_accuracy, predict
 from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
 from seam.errors import SeamError
-from seam.masking import attach_masks, binary_masks, retention
+from seam.granularity import Granularity, granularity
+from seam.masking import binary_masks, mask_scores
 from seam.problem import TargetProblem
 from seam.resume import ResumeFile, rng_state, set_rng_state
 from seam.selection import RuleFactory
@@ -38,6 +39,7 @@ class SearchConfig:
     max_epochs: int
     select_on: str             # "val" or "test": the split the stopping rule sees
     seed: int
+    granularity: str = "weight"   # what one score decides: "weight" (the paper) or "channel" (seam.granularity)
     head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
     padding: int = 4           # random-crop padding of the training augmentation
 
@@ -97,12 +99,13 @@ def search(
     base = copy.deepcopy(original).to(device).eval()
     outputs = problem.source_classes if source_outputs is None else list(source_outputs)
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer, outputs)
-    model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device)
+    grain = granularity(config.granularity, base, normalize(train_x[:2]))
+    model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device, grain)
     head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
-    optim_joint = torch.optim.Adam([{"params": [m.scores for m in masks.values()], "lr": config.lr_mask},
+    optim_joint = torch.optim.Adam([{"params": mask_scores(masks), "lr": config.lr_mask},
                                     {"params": head_params, "lr": config.lr_head}])
-    loss_fn = _objective(masks, config.alpha)
+    loss_fn = _objective(masks, config.alpha, grain)
     rule = stop(acc_original[config.select_on])
     best = None
     history = []
@@ -132,7 +135,7 @@ def search(
         with parametrize.cached():
             accs = evaluate(model, splits, normalize, device)
         with torch.no_grad():
-            kept = retention(masks).item()
+            kept = grain.retention(masks).item()
         selected = rule.update(epoch, accs[config.select_on], kept)
         if selected:
             best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}))
@@ -183,12 +186,12 @@ def _restore(state: dict, masks: dict, head: nn.Module, optims: dict, gen: torch
     return state["best"], list(state["history"])
 
 
-def _objective(masks: dict, alpha: float):
+def _objective(masks: dict, alpha: float, grain: Granularity):
     """CE + alpha * retention, with (loss, CE, retention) as the per-batch statistics to log."""
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor, _n: int) -> tuple[torch.Tensor, torch.Tensor]:
         ce = F.cross_entropy(logits, y)
-        kept = retention(masks)
+        kept = grain.retention(masks)
         # The head-only optimiser holds no scores, so the retention term only moves the
         # masks in joint epochs; it is kept in the loss so the logged value means one thing.
         loss = ce + alpha * kept
@@ -198,18 +201,18 @@ def _objective(masks: dict, alpha: float):
 
 
 def _candidate(base: nn.Module, num_outputs: int, num_classes: int, output_layer: str | None,
-               device: torch.device) -> tuple[nn.Module, dict, nn.Module]:
+               device: torch.device, grain: Granularity) -> tuple[nn.Module, dict, nn.Module]:
     """(model to train, its masks by tensor name, the head) around ``base``, masked in place."""
     if output_layer is None:
         model = ReengineeredModel(base, num_outputs, num_classes).to(device)
-        masks = attach_masks(model.original)
+        masks = grain.attach(model.original)
         head = model.head
     else:
         if num_outputs != num_classes:
             raise SearchError(f"output_layer {output_layer!r} gives {num_outputs} outputs, the target has {num_classes}")
         model = base
         head = model.get_submodule(output_layer)
-        masks = attach_masks(model, skip=(output_layer,))
+        masks = grain.attach(model, skip=(output_layer,))
         head.requires_grad_(True)
     # NHWC convolutions are ~12% faster on the CPU here (oneDNN) and are cuDNN's fast path.
     return model.to(memory_format=torch.channels_last), masks, head

@@ -69,8 +69,8 @@ not exact) raises :class:`CompactError`; an inconsistency inside the passes is a
 raises a ``RuntimeError`` ("internal error: ...") with its traceback.
 """
 
-from seam.compact.core import compact, count_params
+from seam.compact.core import ChannelCost, compact, count_params
 from seam.compact.graph import CompactError
 from seam.compact.modules import ChannelAdd, FoldedConv2d
 
-__all__ = ["CompactError", "ChannelAdd", "FoldedConv2d", "compact", "count_params"]
+__all__ = ["ChannelCost", "CompactError", "ChannelAdd", "FoldedConv2d", "compact", "count_params"]

@@ -12,9 +12,10 @@ from torch.utils._pytree import tree_flatten
 from seam.compact import passes
 from seam.compact.graph import CompactError, TracedGraph, internal_error, trace
 from seam.compact.modules import FoldedConv2d
-from seam.compact.ops import classify
+from seam.compact.ops import WeightedOp, classify
+from seam.masking import MASKABLE
 
-__all__ = ["compact", "count_params"]
+__all__ = ["ChannelCost", "compact", "count_params"]
 
 
 def _conv_like(m: nn.Module) -> bool:
@@ -65,6 +66,39 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, atol: float = 1e-4
     report["params_before"] = count_params(model)
     report["params_after"] = count_params(new_gm)
     return new_gm.to(device), _finish_report(model, report)
+
+
+class ChannelCost:
+    """How many of ``model``'s conv/linear weights and biases a set of kept output channels
+    leaves in the compact model: a layer keeps (its kept rows) x (its live input channels) x
+    (kernel entries), plus its kept bias entries. An input channel is live when it still
+    varies with the input (``passes.liveness``): a removed channel is a constant, which the
+    compact model folds into its consumers, so removing it also removes their input slices.
+
+    Traced once on ``example_input``; calling it on ``{module name: [C_out] keep in [0, 1]}``
+    (missing modules keep every row) is differentiable in the keeps. A layer the analysis
+    does not follow counts as its rows times their full width.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+        self.g = TracedGraph(trace(copy.deepcopy(model).cpu().eval()), example_input.detach().cpu())
+        self.ops = {n: classify(self.g, n) for n in self.g.nodes}
+        self.inputs = {op.node.target: op.inputs[0] for op in self.ops.values() if isinstance(op, WeightedOp)}
+        # per layer: rows, entries per row, entries per (row, input channel), bias entries per row
+        self.shapes = {name: (m.weight.shape[0], m.weight[0].numel(), m.weight[0, 0].numel(), int(m.bias is not None))
+                       for name, m in model.named_modules() if isinstance(m, MASKABLE)}
+        self.total = sum(rows * (width + bias) for rows, width, _, bias in self.shapes.values())
+
+    def __call__(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        like = next(iter(keep.values()))
+        live = passes.liveness(self.g, self.ops, keep, like)
+        kept = like.new_zeros(())
+        for name, (rows, width, kernel, bias) in self.shapes.items():
+            n = keep[name].sum() if name in keep else rows
+            if name in self.inputs:
+                width = live[self.inputs[name]].sum() * kernel
+            kept = kept + n * (width + bias)
+        return kept
 
 
 def _check_arguments(model: nn.Module, example_input: torch.Tensor) -> None:

@@ -146,6 +146,13 @@ class OpHandler:
         """The output channels present in the compact model (inputs' ``keep`` already known)."""
         return need[self.node].clone()
 
+    def live(self, g: TracedGraph, live: dict, rows: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """[C] in [0, 1], differentiable in ``rows``: which output channels still vary with the
+        input when each conv/linear keeps only the output rows ``rows[module name]`` gives (1:
+        kept). A removed row's channel is a constant, which the compact model folds away.
+        An opaque op keeps everything. ``like`` gives the dtype and device."""
+        return like.new_ones(g.channels(self.node))
+
     def removed(self, rw: Rewriter) -> None:
         """Called instead of :meth:`rewrite` when no output channel is kept."""
 
@@ -243,6 +250,12 @@ class WeightedOp(OpHandler):
             reads = pairs(self.module.weight.detach()[rows] != 0).any(2).any(0)
             need[x] |= reads & torch.isnan(cval[x])
             must_exist.add(x)
+
+    def live(self, g, live, rows, like):
+        kept = rows.get(self.node.target)
+        if kept is None:
+            kept = like.new_ones(g.channels(self.node))
+        return kept * live[self.inputs[0]].max()  # with no live input, every row is a constant
 
     def removed(self, rw):
         rw.layers[self.node.target] = {"type": base_type(self.module).__name__,
@@ -399,6 +412,15 @@ class ChannelMap(OpHandler):
             need[x][self.src_ch[sel]] = True
         if out.any():
             must_exist.add(self.inputs[0])
+
+    def live(self, g, live, rows, like):
+        # a `fill` channel is a constant; an input's constant channel stays one (approximate
+        # where spatial padding or padded pooling makes it vary at the borders)
+        out = like.new_zeros(g.channels(self.node))
+        for a, x in enumerate(self.inputs):
+            sel = (self.src_arg == a).nonzero().flatten().to(like.device)
+            out = out.index_put((sel,), live[x][self.src_ch.to(like.device)[sel]])
+        return out
 
     def keep(self, g, need, keep):
         k = need[self.node].clone()
@@ -716,6 +738,12 @@ class AddOp(OpHandler):
         if out.any() and not got:
             # every kept output channel is a folded constant: one input still gives the shape
             must_exist.add(max(self.inputs, key=lambda x: int(torch.isnan(cval[x]).sum())))
+
+    def live(self, g, live, rows, like):
+        dead = like.new_ones(g.channels(self.node))
+        for x in self.inputs:  # a channel of the sum varies if any input's does
+            dead = dead * (1 - live[x])
+        return 1 - dead
 
     def rewrite(self, rw):
         src, dst, args, const = self._plan(rw)

@@ -11,7 +11,7 @@ import torch.fx as fx
 from seam.compact.graph import TracedGraph, internal_error
 from seam.compact.ops import ChannelMap, OpHandler
 
-__all__ = ["Rewriter", "constants", "keeps", "mutated_late", "needs"]
+__all__ = ["Rewriter", "constants", "keeps", "liveness", "mutated_late", "needs"]
 
 
 def mutated_late(g: TracedGraph, ops: dict[fx.Node, OpHandler]) -> set[fx.Node]:
@@ -40,6 +40,17 @@ def constants(g: TracedGraph, ops: dict, mutated: set) -> dict[fx.Node, torch.Te
             out = ops[n].constants(g, cval)
             cval[n] = torch.full((g.channels(n),), math.nan, dtype=torch.float64) if n in mutated else out
     return cval
+
+
+def liveness(g: TracedGraph, ops: dict, rows: dict[str, torch.Tensor], like: torch.Tensor
+             ) -> dict[fx.Node, torch.Tensor]:
+    """Forward pass, differentiable in ``rows``: per channel node, which channels vary with the
+    input when each conv/linear keeps the output rows ``rows[module name]`` (see ``OpHandler.live``)."""
+    live: dict = {}
+    for n in g.nodes:
+        if g.is_ch(n):
+            live[n] = ops[n].live(g, live, rows, like)
+    return live
 
 
 def needs(g: TracedGraph, ops: dict, cval: dict) -> dict[fx.Node, torch.Tensor]:
