@@ -286,7 +286,8 @@ def main() -> None:
             line = line.replace(str(ws / "cases" / case.id), "<case>").replace(str(ws), "<ws>")
             cmd = " ".join(case.cmd).replace("{raw}", "data/raw").replace(str(REPO) + "/", "")
             cmd = cmd if case.cmd[0] == "seam" else f"python {cmd}"
-            print(f"| {case.what} | `{cmd}` (exit {proc.returncode}) | `{line}` |")
+            cell = line.replace("|", "\\|")  # a pipe inside a table cell ends it
+            print(f"| {case.what} | `{cmd}` (exit {proc.returncode}) | `{cell}` |")
 
 
 if __name__ == "__main__":
