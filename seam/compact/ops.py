@@ -389,6 +389,7 @@ class ChannelMap(OpHandler):
                  fill: float = 0.0, const_fn: ConstFn = _identity_const):
         super().__init__(node, inputs)
         self.src_arg, self.src_ch, self.fill, self.const_fn = src_arg, src_ch, fill, const_fn
+        self._plans: dict[torch.device, list] = {}  # see _gather_plan
 
     @classmethod
     def same(cls, node: fx.Node, x: fx.Node, channels: int, const_fn: ConstFn = _identity_const, **kw: Any):
@@ -417,10 +418,17 @@ class ChannelMap(OpHandler):
         # a `fill` channel is a constant; an input's constant channel stays one (approximate
         # where spatial padding or padded pooling makes it vary at the borders)
         out = like.new_zeros(g.channels(self.node))
-        for a, x in enumerate(self.inputs):
-            sel = (self.src_arg == a).nonzero().flatten().to(like.device)
-            out = out.index_put((sel,), live[x][self.src_ch.to(like.device)[sel]])
+        for x, (dst, src) in zip(self.inputs, self._gather_plan(like.device)):
+            out = out.index_put((dst,), live[x][src])
         return out
+
+    def _gather_plan(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per input: (output channels it gives, its channels they are), on ``device``; built
+        once per device, since :meth:`live` runs on every training batch."""
+        if device not in self._plans:
+            sels = [(self.src_arg == a).nonzero().flatten() for a in range(len(self.inputs))]
+            self._plans[device] = [(sel.to(device), self.src_ch[sel].to(device)) for sel in sels]
+        return self._plans[device]
 
     def keep(self, g, need, keep):
         k = need[self.node].clone()
