@@ -24,7 +24,7 @@ from seam.augment import Normalize
 from seam.errors import SeamError
 from seam.masking import apply_masks
 from seam.problem import TargetProblem
-from seam.resume import ResumeFile, rng_state, set_rng_state
+from seam.resume import ResumeFile, restore_fields, rng_state, set_rng_state
 from seam.selection import BestAccuracy
 from seam.training import batch_bar, evaluate, remaining_epochs, train_epoch
 
@@ -168,8 +168,7 @@ def finetune(
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         set_rng_state(state, gen, device)
-        for key, value in state["rule"].items():
-            setattr(rule, key, value)
+        restore_fields(rule, state["rule"])
         best_state, history = state["best"], list(state["history"])
     epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"finetune {problem.name}",
                               progress=progress, on_epoch=on_epoch)

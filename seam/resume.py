@@ -80,6 +80,12 @@ class ResumeFile:
             path.unlink(missing_ok=True)
 
 
+def restore_fields(obj: Any, saved: dict[str, Any]) -> None:
+    """Put a dataclass's saved ``asdict`` back into it (a stopping rule's progress)."""
+    for key, value in saved.items():
+        setattr(obj, key, value)
+
+
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
     """The random state a loop draws from: its batch-order/augmentation generator, the global
     RNG (dropout, initialisation) and, on a GPU, the device's."""

@@ -19,7 +19,7 @@ from seam.errors import SeamError
 from seam.granularity import Granularity, granularity
 from seam.masking import binary_masks, mask_scores
 from seam.problem import TargetProblem
-from seam.resume import ResumeFile, rng_state, set_rng_state
+from seam.resume import ResumeFile, restore_fields, rng_state, set_rng_state
 from seam.selection import RuleFactory
 from seam.training import batch_bar, evaluate, remaining_epochs, train_epoch
 
@@ -181,8 +181,7 @@ def _restore(state: dict, masks: dict, head: nn.Module, optims: dict, gen: torch
     for name, o in optims.items():
         o.load_state_dict(state[name])
     set_rng_state(state, gen, device)
-    for key, value in state["rule"].items():
-        setattr(rule, key, value)
+    restore_fields(rule, state["rule"])
     return state["best"], list(state["history"])
 
 
