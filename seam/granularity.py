@@ -4,7 +4,8 @@ Both search the same objective, CE + alpha x (share of the weights kept), with t
 straight-through estimator; they differ in how the masks attach to the model and in how the
 kept share is counted. ``weight`` (the default) reproduces the paper: the result is sparse,
 faster on a sparse engine (DeepSparse) only. ``channel`` removes whole filters, so the compact
-export (``seam.compact``) is a smaller dense model, faster on any engine.
+export (``seam.compact``) is a smaller dense model (with independent residual scores not yet a
+faster one: see the README).
 """
 
 from __future__ import annotations
