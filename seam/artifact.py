@@ -15,7 +15,7 @@ from torch import nn
 
 from seam.atomic import save_torch
 from seam.candidate import ReengineeredModel
-from seam.masking import apply_masks
+from seam.masking import apply_searched
 from seam.errors import SeamError
 
 FORMAT = "seam-artifact"
@@ -99,7 +99,8 @@ def load_artifact(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_sha256: str | None = None) -> nn.Module:
-    """The re-engineered model: a copy of ``original`` with masked weights zeroed, plus the head.
+    """The re-engineered model: a copy of ``original`` with masked weights zeroed (after a
+    channel search, also the BatchNorm channels it gated), plus the head.
 
     ``original`` is left unchanged. With ``model_sha256``, refuse an artifact that was
     searched on a different checkpoint.
@@ -112,7 +113,7 @@ def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_s
         )
     base = copy.deepcopy(original).eval()
     try:
-        apply_masks(base, artifact["masks"])
+        apply_searched(base, artifact["masks"], meta.get("search", {}).get("granularity", "weight"))
     except ValueError as exc:
         raise ArtifactError(f"artifact for {meta['model']} does not fit this model: {exc}") from exc
     model = ReengineeredModel(base, meta["num_outputs"], len(meta["target"]["class_names"]))

@@ -49,22 +49,89 @@ class ScoreMask(nn.Module):
         return self.scores.detach() > 0
 
 
-class ChannelScoreMask(nn.Module):
-    """Parametrization ``tensor -> tensor * (score > 0)`` with one learnable score per output
-    channel (dim 0: a filter, a linear row). A layer's bias shares its weight's scores, so a
-    channel's filter and bias are kept or removed together."""
+class ChannelGate(nn.Module):
+    """The keep of every channel group: ``scores > 0`` (straight-through), and each width unit
+    (a set of groups: a layer's output channels) given ``(groups, block)`` rounded up to a
+    multiple of its block by also keeping its highest-scoring removed groups (a constant, no
+    gradient); a unit keeps at least its floor (:meth:`require`).
 
-    def __init__(self, like: torch.Tensor, init: float = 1.0, scores: nn.Parameter | None = None):
+    Dense CPU kernels work on channel blocks (onnxruntime's NCHWc and oneDNN: 16 channels on
+    AVX-512, 8 on AVX2); a conv whose width is not a multiple falls back to a slower path.
+    """
+
+    def __init__(self, scores: nn.Parameter, units: list[tuple[torch.Tensor, int]] = ()):
         super().__init__()
+        self.scores = scores
+        # smallest first: a unit inside a larger one (a residual stage's channels inside the
+        # next stage's) is rounded before the larger one counts it
+        units = sorted(units, key=lambda u: len(u[0]))
+        self.units = [u.to(scores.device) for u, _ in units]
+        self.blocks = [block for _, block in units]
+        self.floors = [0] * len(self.units)  # per unit: the fewest groups it keeps (see require)
+        self._extra: tuple[int, torch.Tensor] | None = None  # (scores version, extra)
+
+    @torch.no_grad()
+    def extra(self) -> torch.Tensor:
+        """1 for the removed groups that the rounding keeps, else 0. Every masked tensor asks
+        for it on every forward; it is recomputed only when the scores have changed."""
+        version = self.scores._version
+        if self._extra is None or self._extra[0] != version or self._extra[1].device != self.scores.device:
+            self._extra = (version, self._round())
+        return self._extra[1]
+
+    def _round(self) -> torch.Tensor:
+        kept = self.scores > 0
+        out = kept.clone()
+        done = torch.zeros_like(kept)  # groups of units already rounded: taken from last
+        for u, block, floor in zip(self.units, self.blocks, self.floors):
+            k = int(out[u].sum())
+            short = min(len(u), max(-(-k // block) * block, floor)) - k
+            if short > 0:
+                free = u[~out[u]]
+                order = torch.argsort(self.scores[free] - 1e9 * done[free].to(self.scores.dtype), descending=True)
+                out[free[order[:short]]] = True
+            done[u] = True
+        return (out & ~kept).to(self.scores.dtype)
+
+    def require(self, unit: int, n: int) -> None:
+        """Unit ``unit`` keeps at least its ``n`` best groups, whatever their scores."""
+        self.floors[unit] = min(n, len(self.units[unit]))
+        self._extra = None
+
+    def forward(self) -> torch.Tensor:
+        keep = binarize(self.scores)
+        return keep + self.extra() if max(self.blocks, default=1) > 1 or any(self.floors) else keep
+
+
+class ChannelScoreMask(nn.Module):
+    """Parametrization ``tensor -> tensor * keep`` with one keep per output channel (dim 0: a
+    filter, a linear row, a BatchNorm channel); channel ``c`` reads group ``index[c]`` of the
+    shared :class:`ChannelGate`. A layer's weight and bias (and the BatchNorm after it) share
+    its groups, and channels that must go together (joined by a residual add) share one."""
+
+    def __init__(self, like: torch.Tensor, gate: ChannelGate, index: torch.Tensor):
+        super().__init__()
+        if index.shape != like.shape[:1]:
+            raise ValueError(f"index has shape {tuple(index.shape)}, expected ({like.shape[0]},)")
         self.shape = tuple(like.shape)
-        self.scores = scores if scores is not None else nn.Parameter(
-            torch.full((like.shape[0],), init, dtype=torch.float32, device=like.device))
+        self.gate = gate
+        self.register_buffer("index", index.to(device=gate.scores.device, dtype=torch.long), persistent=False)
+
+    @property
+    def scores(self) -> nn.Parameter:
+        return self.gate.scores
+
+    def row_keep(self) -> torch.Tensor:
+        """0/1 per output channel, with the straight-through gradient to the shared scores."""
+        return self.gate()[self.index]
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * binarize(self.scores).to(tensor.dtype).view(-1, *[1] * (tensor.dim() - 1))
+        return tensor * self.row_keep().to(tensor.dtype).view(-1, *[1] * (tensor.dim() - 1))
 
     def kept(self) -> torch.Tensor:
-        return (self.scores.detach() > 0).view(-1, *[1] * (len(self.shape) - 1)).expand(self.shape).contiguous()
+        with torch.no_grad():
+            rows = self.gate()[self.index] > 0
+        return rows.view(-1, *[1] * (len(self.shape) - 1)).expand(self.shape).contiguous()
 
 
 # Exported graphs (torch.export) call these ops on weights held by plain container modules.
@@ -104,12 +171,16 @@ def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
 
 
 def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = (),
-                 per_channel: bool = False) -> dict[str, ScoreMask | ChannelScoreMask]:
+                 groups: dict[str, torch.Tensor] | None = None, block: int = 1
+                 ) -> dict[str, ScoreMask | ChannelScoreMask]:
     """Register a ScoreMask on every conv/linear weight and bias; freeze all original parameters.
 
     Tensors of the modules named in ``skip`` (and below them) stay unmasked. Returns the
-    masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``). ``per_channel``: one
-    score per output channel (:class:`ChannelScoreMask`), shared by a layer's weight and bias.
+    masks by qualified tensor name (e.g. ``"layer1.0.conv1.weight"``). With ``groups``
+    (module name -> a group id per output channel) the masks are per channel
+    (:class:`ChannelScoreMask`): one score per group, in one shared parameter; a module
+    missing from ``groups`` gets a group per channel. ``block``: each conv's kept channels
+    rounded up to a multiple of it (:class:`ChannelGate`).
     """
     targets = [t for t in maskable_tensors(model)
                if not any(t[0].startswith(f"{s}.") for s in skip)]
@@ -117,31 +188,59 @@ def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()
         raise ValueError(f"{type(model).__name__} has no Conv/Linear layer to mask")
     for p in model.parameters():
         p.requires_grad_(False)
+    index = _group_index(targets, groups) if groups is not None else None
+    gate = None
+    if index is not None:
+        n = 1 + max(int(i.max()) for i in index.values())
+        scores = nn.Parameter(torch.full((n,), init, dtype=torch.float32, device=targets[0][1].weight.device))
+        # a unit per distinct set of groups; convs round to `block`, linear layers do not
+        units: dict[tuple, int] = {}
+        for name, module, pname in targets:
+            if pname == "weight":
+                u = tuple(sorted(set(index[name.rpartition(".")[0]].tolist())))
+                units[u] = max(units.get(u, 1), block if getattr(module, pname).dim() > 2 else 1)
+        gate = ChannelGate(scores, [(torch.tensor(u), b) for u, b in sorted(units.items())])
     masks = {}
-    shared: dict[int, nn.Parameter] = {}  # per module: its channel scores
     for name, module, pname in targets:
         if parametrize.is_parametrized(module, pname):
             raise ValueError(f"{name} already carries a parametrization; attach masks once")
         tensor = getattr(module, pname)
-        if per_channel:
-            mask = ChannelScoreMask(tensor, init, shared.get(id(module)))
-            shared[id(module)] = mask.scores
-        else:
-            mask = ScoreMask(tensor, init)
+        layer = name.rpartition(".")[0]
+        mask = ChannelScoreMask(tensor, gate, index[layer]) if index is not None else ScoreMask(tensor, init)
         parametrize.register_parametrization(module, pname, mask)
         masks[name] = mask
     return masks
 
 
+def _group_index(targets: list, groups: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per masked module: its channels' positions in the shared score vector (groups renumbered
+    0..G-1 in order of first appearance; a module missing from ``groups`` gets its own)."""
+    ids: dict[tuple, int] = {}
+    index = {}
+    for name, module, pname in targets:
+        layer = name.rpartition(".")[0]
+        if layer in index:
+            continue
+        rows = getattr(module, pname).shape[0]
+        given = groups.get(layer)
+        if given is not None and len(given) != rows:
+            raise ValueError(f"groups[{layer!r}] has {len(given)} entries, the layer {rows} output channels")
+        keys = [("group", int(i)) for i in given] if given is not None else [(layer, c) for c in range(rows)]
+        index[layer] = torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
+    return index
+
+
 def mask_scores(masks: dict[str, nn.Module]) -> list[nn.Parameter]:
-    """The distinct score tensors of ``masks`` (channel masks share one per layer), for an optimiser."""
+    """The distinct score tensors of ``masks`` (channel masks share one), for an optimiser."""
     return list({id(m.scores): m.scores for m in masks.values()}.values())
 
 
-def retention(masks: dict[str, ScoreMask]) -> torch.Tensor:
-    """Share of kept entries over all masked tensors (differentiable through the STE)."""
-    kept = sum(binarize(m.scores).sum() for m in masks.values())
-    total = sum(m.scores.numel() for m in masks.values())
+def retention(masks: dict[str, ScoreMask], weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Share of kept entries over all masked tensors (differentiable through the STE); with
+    ``weights`` (tensor name -> what one entry counts, default 1), a weighted share."""
+    w = weights or {}
+    kept = sum(binarize(m.scores).sum() * w.get(name, 1) for name, m in masks.items())
+    total = sum(m.scores.numel() * w.get(name, 1) for name, m in masks.items())
     return kept / total
 
 
@@ -181,6 +280,43 @@ def fill_masks(model: nn.Module, bool_masks: dict[str, torch.Tensor]) -> dict[st
     :func:`apply_masks` takes when only some tensors (e.g. a search's, or the convs) are masked."""
     return {name: bool_masks.get(name, torch.ones_like(getattr(module, p), dtype=torch.bool))
             for name, module, p in maskable_tensors(model)}
+
+
+def norms_after(model: nn.Module) -> dict[str, str]:
+    """``{conv/linear module name: name of the BatchNorm that reads its output}``, found on an
+    fx trace of ``model``: a channel search gates that BatchNorm channel with the conv's row,
+    so a removed channel is exactly zero (no constant for the compact model to fold)."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...)
+        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx to find its BatchNorms ({exc})") from exc
+    modules = dict(gm.named_modules())
+    found = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0] if node.args else None
+        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules[src.target], MASKABLE):
+            found[src.target] = node.target
+    return found
+
+
+@torch.no_grad()
+def apply_searched(model: nn.Module, bool_masks: dict[str, torch.Tensor], name: str = "weight") -> nn.Module:
+    """Zero, in place, what a search of granularity ``name`` removed: the masked weights, and for
+    ``channel`` also the BatchNorm channels after removed rows (as the search gated them)."""
+    apply_masks(model, bool_masks)
+    if name == "channel":
+        for layer, norm in norms_after(model).items():
+            rows = bool_masks.get(f"{layer}.weight")
+            if rows is None:
+                continue
+            dead = ~rows.flatten(1).any(1)
+            bn = model.get_submodule(norm)
+            for t in (bn.weight, bn.bias):
+                if t is not None:
+                    t[dead.to(t.device)] = 0
+    return model
 
 
 class FixedMask(nn.Module):

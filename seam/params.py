@@ -102,6 +102,8 @@ class ReengineerParams(Section):
     max_epochs: PositiveInt = 50
     early_stop: NonNegativeInt = 15   # 0: never stop early
     granularity: Literal["weight", "channel"] = "weight"   # what one mask score decides (seam.granularity)
+    round_to: PositiveInt = 16   # channel granularity: each conv keeps a multiple of this many channels
+    cost: Literal["weights", "macs"] = "weights"   # what the kept share counts (seam.granularity)
 
 
 class RetrainParams(Section):

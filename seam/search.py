@@ -40,6 +40,8 @@ class SearchConfig:
     select_on: str             # "val" or "test": the split the stopping rule sees
     seed: int
     granularity: str = "weight"   # what one score decides: "weight" (the paper) or "channel" (seam.granularity)
+    round_to: int = 1          # channel granularity: each conv keeps a multiple of this many channels
+    cost: str = "weights"      # what the kept share counts: "weights" (the paper) or "macs"
     head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
     padding: int = 4           # random-crop padding of the training augmentation
 
@@ -99,7 +101,7 @@ def search(
     base = copy.deepcopy(original).to(device).eval()
     outputs = problem.source_classes if source_outputs is None else list(source_outputs)
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer, outputs)
-    grain = granularity(config.granularity, base, normalize(train_x[:2]))
+    grain = granularity(config.granularity, base, normalize(train_x[:2]), round_to=config.round_to, cost=config.cost)
     model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device, grain)
     head_params = list(head.parameters())
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)

@@ -11,8 +11,9 @@ from torch import nn
 from conftest import TinyNet, tiny_target
 from seam.architectures import chenyaofo_cifar_resnet, cifar_resnet
 from seam.compact import ChannelCost, compact, passes
+from seam.flops import flop_breakdown
 from seam.granularity import ChannelGranularity, WeightGranularity, granularity
-from seam.masking import apply_masks, attach_masks, binary_masks, fill_masks, mask_scores
+from seam.masking import ChannelGate, apply_masks, apply_searched, attach_masks, binary_masks, fill_masks, mask_scores
 from seam.search import SearchConfig, search
 from seam.selection import AccuracyTarget
 
@@ -77,20 +78,70 @@ def test_the_count_is_differentiable_in_every_layers_keep():
     assert keep["conv1"].grad[0] > stem[0].numel()
 
 
-def test_channel_masks_share_one_score_per_layer_and_expand_to_the_tensor():
+def test_channel_masks_share_one_score_per_group_and_expand_to_the_tensor():
     model = TinyNet()
-    masks = attach_masks(model, per_channel=True)
-    assert masks["conv2.weight"].scores is masks["conv2.bias"].scores
-    assert len(mask_scores(masks)) == 3 and mask_scores(masks)[1].shape == (8,)
+    groups = {"conv2": torch.tensor([0, 1, 2, 3, 4, 5, 6, 6])}  # conv, fc: a group per row
+    masks = attach_masks(model, groups=groups)
+    assert masks["conv2.weight"].scores is masks["conv2.bias"].scores is masks["conv.weight"].scores
+    (scores,) = mask_scores(masks)
+    assert scores.shape == (8 + 7 + 4,)
     with torch.no_grad():
-        masks["conv2.weight"].scores[[1, 4]] = -1.0
+        masks["conv2.weight"].scores[masks["conv2.weight"].index[[1, 4, 7]]] = -1.0
     bits = binary_masks(masks)
     assert bits["conv2.weight"].shape == (8, 8, 3, 3) and bits["conv2.bias"].shape == (8,)
-    assert (~bits["conv2.weight"]).flatten(1).all(1).nonzero().flatten().tolist() == [1, 4]
-    assert bits["conv2.bias"].logical_not().nonzero().flatten().tolist() == [1, 4]
+    # rows 6 and 7 share a score: removing 7 removed 6
+    assert (~bits["conv2.weight"]).flatten(1).all(1).nonzero().flatten().tolist() == [1, 4, 6, 7]
+    assert bits["conv2.bias"].logical_not().nonzero().flatten().tolist() == [1, 4, 6, 7]
+    assert bits["conv.weight"].all() and bits["fc.weight"].all()
     x = torch.randn(2, 3, 8, 8)
     out = model.conv2(torch.relu(model.bn(model.conv(x))))
-    assert (out[:, [1, 4]] == 0).all() and (out[:, [0, 2, 3]] != 0).any()
+    assert (out[:, [1, 4, 6, 7]] == 0).all() and (out[:, [0, 2, 3]] != 0).any()
+    with pytest.raises(ValueError, match="groups\\['conv2'\\] has 3 entries, the layer 8"):
+        attach_masks(TinyNet(), groups={"conv2": torch.tensor([0, 1, 2])})
+
+
+def test_rows_that_feed_one_residual_sum_share_a_group():
+    cost = ChannelCost(cifar_resnet(20), torch.randn(1, 3, 32, 32))
+    groups = cost.row_groups()
+    stage1 = [groups[n] for n in ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2")]
+    assert all(torch.equal(g, stage1[0]) for g in stage1) and len(set(stage1[0].tolist())) == 16
+    # option A: stage 2's channels 8..23 are stage 1's channels 0..15 (zero padding around them)
+    assert torch.equal(groups["layer2.0.conv2"][8:24], stage1[0])
+    assert torch.equal(groups["layer2.2.conv2"], groups["layer2.0.conv2"])
+    assert not set(groups["layer2.0.conv2"][:8].tolist()) & set(stage1[0].tolist())
+    # a block's inner conv joins nothing
+    inner = groups["layer1.0.conv1"].tolist()
+    assert len(set(inner)) == 16 and not set(inner) & {int(i) for g in groups.values() if g is not groups["layer1.0.conv1"] for i in g}
+
+
+@pytest.mark.parametrize("build", [lambda: cifar_resnet(20), lambda: chenyaofo_cifar_resnet(20, 10)],
+                         ids=["option-A shortcuts", "1x1 downsample"])
+def test_a_channel_result_compacts_to_a_plain_slim_model(build):
+    """Gated BatchNorms and shared residual scores: the compact model only slices. No folded
+    constant, no channel alignment at the adds; its predictions equal the searched model's."""
+    torch.manual_seed(0)
+    model = _random_bn(build())
+    x = torch.randn(4, 3, 32, 32)
+    grain = ChannelGranularity(model, x)
+    searched = copy.deepcopy(model)
+    masks = grain.attach(searched)
+    with torch.no_grad():
+        (scores,) = mask_scores(masks)
+        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(2)) - 0.4)
+        expected = searched(x)
+    assert (scores <= 0).sum() > 0.3 * len(scores)
+    rebuilt = apply_searched(copy.deepcopy(model), binary_masks(masks), "channel")
+    torch.testing.assert_close(rebuilt(x), expected)
+    small, report = compact(rebuilt, x)
+    torch.testing.assert_close(small(x), expected, atol=1e-4, rtol=1e-4)
+    kinds = {type(m).__name__ for m in small.modules()}
+    assert not kinds & {"ChannelAdd", "FoldedConv2d"}, kinds
+    assert report["fold_params"] == 0
+    # the count, but for the model's output rows, which the compact model keeps (a head reads them)
+    keep = {name.rpartition(".")[0]: m.row_keep().detach() for name, m in masks.items()}
+    output_layer = list(grain.cost.shapes)[-1]
+    keep[output_layer] = torch.ones_like(keep[output_layer])
+    assert report["params_after"] == int(grain.cost(keep))
 
 
 def test_weight_granularity_is_the_plain_entry_count():
@@ -120,7 +171,85 @@ def test_a_channel_search_removes_whole_filters_and_compacts_to_a_smaller_dense_
         rows = bits.flatten(1) if bits.dim() > 1 else bits[:, None]
         assert (rows.all(1) | ~rows.any(1)).all(), f"{name}: a row partly masked"
     grain = ChannelGranularity(model, torch.randn(1, 3, 8, 8))
-    masked = apply_masks(copy.deepcopy(model), result.masks)
+    masked = apply_searched(copy.deepcopy(model), result.masks, "channel")
     small, report = compact(masked, torch.randn(2, 3, 8, 8))
     assert report["params_after"] < report["params_before"]
     assert grain.cost.total == report["params_before"]
+
+
+def test_the_gate_rounds_each_width_up_by_score_smallest_unit_first():
+    scores = nn.Parameter(torch.tensor([0.5, -0.1, -0.9, -0.3, 0.2, -0.2, -0.8, -0.05]))
+    inner, outer = torch.tensor([0, 1, 2, 3]), torch.arange(8)  # outer contains inner (a residual stage)
+    gate = ChannelGate(scores, [(outer, 4), (inner, 4)])
+    keep = gate()
+    # inner: 1 kept -> 4 (all); outer then has 5 kept -> 8 (all)
+    assert keep.tolist() == [1.0] * 8
+    gate = ChannelGate(scores, [(torch.tensor([0, 1, 2, 3, 4, 5]), 4)])
+    # 2 kept (0, 4) -> 4: the two best removed ones, 1 (-0.1) and 5 (-0.2)
+    assert gate().tolist() == [1, 1, 0, 0, 1, 1, 0, 0]
+    gate().sum().backward()  # the straight-through gradient reaches every score
+    assert scores.grad is not None and (scores.grad != 0).all()
+    none = ChannelGate(nn.Parameter(-torch.ones(4)), [(torch.arange(4), 4)])
+    assert none().sum() == 0  # a removed layer stays removed
+
+
+def test_rounded_widths_reach_the_compact_model():
+    torch.manual_seed(0)
+    model = _random_bn(cifar_resnet(20))
+    x = torch.randn(2, 3, 32, 32)
+    grain = ChannelGranularity(model, x, round_to=8)
+    searched = copy.deepcopy(model)
+    masks = grain.attach(searched)
+    with torch.no_grad():
+        (scores,) = mask_scores(masks)
+        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(3)) - 0.5)
+    rebuilt = apply_searched(copy.deepcopy(model), binary_masks(masks), "channel")
+    small, report = compact(rebuilt, x)
+    widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert any(w < 16 for w in widths[:7]) or any(w < 64 for w in widths[-6:])  # something was removed
+
+
+def test_the_macs_cost_is_fvcores_count_of_the_compact_model():
+    """cost: macs counts each kept weight once per output position: on the compact model, the
+    conv and linear part of fvcore's FLOPs (one multiply-add each) plus one add per bias entry."""
+    torch.manual_seed(0)
+    model = _random_bn(cifar_resnet(20))
+    x = torch.randn(1, 3, 32, 32)
+    grain = granularity("channel", model, x, round_to=8, cost="macs")
+    searched = copy.deepcopy(model)
+    masks = grain.attach(searched)
+    with torch.no_grad():
+        (scores,) = mask_scores(masks)
+        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(4)) - 0.5)
+    keep = {name.rpartition(".")[0]: m.row_keep().detach() for name, m in masks.items()}
+    keep["linear"] = torch.ones(10)  # the model's output rows stay (see above)
+    small, _ = compact(apply_searched(copy.deepcopy(model), binary_masks(masks), "channel"), x)
+    breakdown = flop_breakdown(small, 32)["by_operator"]
+    biases = 10  # the output layer's (this ResNet's convs have none)
+    assert int(grain.cost(keep)) == breakdown["conv"] + breakdown["linear"] + biases
+    assert grain.cost.total == flop_breakdown(model, 32)["by_operator"]["conv"] + 64 * 10 + 10
+    weights = granularity("weight", model, x, cost="macs")
+    assert weights.weights["layer1.0.conv1.weight"] == 32 * 32 and weights.weights["linear.bias"] == 1
+
+
+def test_the_units_the_output_needs_keep_one_block():
+    """Every score below zero: a block's inner convs go (the block is its shortcut), but each
+    residual stream keeps its best `round_to` channels, so the output still depends on the input."""
+    model = _random_bn(cifar_resnet(20))
+    x = torch.randn(2, 3, 32, 32)
+    grain = ChannelGranularity(model, x, round_to=8)
+    searched = copy.deepcopy(model)
+    masks = grain.attach(searched)
+    with torch.no_grad():
+        (scores,) = mask_scores(masks)
+        scores.copy_(-torch.rand(scores.shape, generator=torch.Generator().manual_seed(5)))
+    bits = binary_masks(masks)
+    rows = {name[:-len(".weight")]: int(b.flatten(1).all(1).sum()) for name, b in bits.items() if name.endswith(".weight")}
+    assert rows["conv1"] == rows["layer1.2.conv2"] == 8  # stage 1's stream: one block
+    assert rows["layer2.0.conv2"] == 8 and rows["layer3.0.conv2"] == 8
+    assert rows["layer1.0.conv1"] == rows["layer3.2.conv1"] == 0  # inner convs: removable
+    assert rows["linear"] == 1  # the output layer: not rounded, but one row stays
+    with torch.no_grad():
+        out = searched(x)
+    assert (out[0] != out[1]).any()

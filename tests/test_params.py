@@ -35,6 +35,8 @@ def with_value(path: str, value):
     ("reengineer.batch_size", 6.5, "reengineer.batch_size: Input should be a valid integer"),
     ("reengineer.max_epochs", True, "reengineer.max_epochs: Input should be a valid integer"),
     ("reengineer.early_stop", -1, "reengineer.early_stop: Input should be greater than or equal to 0"),
+    ("reengineer.round_to", 0, "reengineer.round_to: Input should be greater than 0"),
+    ("reengineer.cost", "flops", "reengineer.cost: Input should be 'weights' or 'macs'"),
     ("select_on", "train", "select_on: Input should be 'val' or 'test'"),
     ("device", "gpu", "device: String should match pattern"),
     ("alpha", -1, "alpha: Input should be greater than or equal to 0"),

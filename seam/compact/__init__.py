@@ -26,8 +26,11 @@ How it works (model-agnostic, on a ``torch.fx`` graph):
    channel padding, cat) are kept or removed together. Residual adds do *not* tie their
    inputs: an add is rewritten as a :class:`ChannelAdd` that aligns inputs whose kept
    channels differ (index_add) and adds the folded constants of removed constant inputs.
-   So a dead residual branch (constant after BN) reduces to ``shortcut + constant``, and an
-   option-A shortcut's zero padding channels disappear.
+   So a dead residual branch (constant after BN) reduces to ``shortcut + constant``. An
+   option-A shortcut's zero padding channels stay where the add keeps that channel (a wider
+   pad costs nothing; aligning the add's inputs costs an index-add) and disappear elsewhere.
+   A channel search (``seam.granularity``) gives every input of an add the same channels,
+   so its adds stay plain.
 5. Rewrite: convs / linears / BNs are sliced to their kept rows and columns, pads get new
    amounts, cats lose empty inputs; everything else is copied. The result is checked on
    ``example_input`` against the original; a mismatch raises :class:`CompactError` rather

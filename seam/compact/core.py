@@ -77,17 +77,37 @@ class ChannelCost:
 
     Traced once on ``example_input``; calling it on ``{module name: [C_out] keep in [0, 1]}``
     (missing modules keep every row) is differentiable in the keeps. A layer the analysis
-    does not follow counts as its rows times their full width.
+    does not follow counts as its rows times their full width. ``macs``: count each weight
+    once per output position (multiply-accumulates, what a dense engine computes) instead
+    of once.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, macs: bool = False):
         self.g = TracedGraph(trace(copy.deepcopy(model).cpu().eval()), example_input.detach().cpu())
         self.ops = {n: classify(self.g, n) for n in self.g.nodes}
         self.inputs = {op.node.target: op.inputs[0] for op in self.ops.values() if isinstance(op, WeightedOp)}
         # per layer: rows, entries per row, entries per (row, input channel), bias entries per row
         self.shapes = {name: (m.weight.shape[0], m.weight[0].numel(), m.weight[0, 0].numel(), int(m.bias is not None))
                        for name, m in model.named_modules() if isinstance(m, MASKABLE)}
-        self.total = sum(rows * (width + bias) for rows, width, _, bias in self.shapes.values())
+        # per layer: what one weight counts (its output positions, for MACs)
+        self.positions = {op.node.target: math.prod(self.g.shapes[op.node][2:]) if macs else 1
+                          for op in self.ops.values() if isinstance(op, WeightedOp)}
+        self.total = sum(rows * (width + bias) * self.positions.get(name, 1)
+                         for name, (rows, width, _, bias) in self.shapes.items())
+
+    def row_groups(self) -> dict[str, torch.Tensor]:
+        """Per conv/linear module: a group id per output row. Rows in one group feed the same
+        channels of a residual sum (``passes.channel_groups``), so a channel search gives them
+        one score: removing one alone would leave the sum's channel alive."""
+        groups = passes.channel_groups(self.g, self.ops)
+        return {op.node.target: groups[op.node] for op in self.ops.values() if isinstance(op, WeightedOp)}
+
+    def output_varies(self, keep: dict[str, torch.Tensor]) -> bool:
+        """Whether the model's output still depends on its input with these rows kept."""
+        like = next(iter(keep.values()))
+        live = passes.liveness(self.g, self.ops, keep, like)
+        out = [op for op in self.ops.values() if op.node.op == "output"]
+        return any(bool(live[x].max() > 0) for op in out for x in op.inputs if x in live)
 
     def __call__(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
         like = next(iter(keep.values()))
@@ -97,7 +117,7 @@ class ChannelCost:
             n = keep[name].sum() if name in keep else rows
             if name in self.inputs:
                 width = live[self.inputs[name]].sum() * kernel
-            kept = kept + n * (width + bias)
+            kept = kept + n * (width + bias) * self.positions.get(name, 1)
         return kept
 
 

@@ -153,6 +153,11 @@ class OpHandler:
         An opaque op keeps everything. ``like`` gives the dtype and device."""
         return like.new_ones(g.channels(self.node))
 
+    def ties(self, g: TracedGraph) -> list[tuple[torch.Tensor, fx.Node, torch.Tensor]]:
+        """``(output channels, input, its channels)``: channels that a channel search must keep
+        or remove together (the same channel, or summed by an add). None for an opaque op."""
+        return []
+
     def removed(self, rw: Rewriter) -> None:
         """Called instead of :meth:`rewrite` when no output channel is kept."""
 
@@ -422,6 +427,9 @@ class ChannelMap(OpHandler):
             out = out.index_put((dst,), live[x][src])
         return out
 
+    def ties(self, g):
+        return [(dst, x, src) for x, (dst, src) in zip(self.inputs, self._gather_plan(torch.device("cpu")))]
+
     def _gather_plan(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per input: (output channels it gives, its channels they are), on ``device``; built
         once per device, since :meth:`live` runs on every training batch."""
@@ -649,6 +657,15 @@ class PadOp(ChannelMap):
 
         return cls(node, [x], src_arg, src_ch, fill=fill, const_fn=const_fn, pad=pad)
 
+    def need_inputs(self, g, need, cval, must_exist):
+        # Padding channels that an add keeps in its output are kept here too: a wider pad
+        # costs nothing, while an add whose inputs keep different channels must align them.
+        fills = self.src_arg < 0
+        for user in self.node.users:
+            if _is_add(user) and g.is_ch(user) and g.shapes[user] == g.shapes[self.node]:
+                need[self.node] |= need[user] & fills
+        super().need_inputs(g, need, cval, must_exist)
+
     def rewrite(self, rw):
         x = self.inputs[0]
         nd, k = rw.g.ndim(x), rw.keep[self.node]
@@ -753,6 +770,10 @@ class AddOp(OpHandler):
             dead = dead * (1 - live[x])
         return 1 - dead
 
+    def ties(self, g):
+        every = torch.arange(g.channels(self.node))
+        return [(every, x, every) for x in self.inputs]
+
     def rewrite(self, rw):
         src, dst, args, const = self._plan(rw)
         has_const = bool((const != 0).any())
@@ -830,6 +851,11 @@ def _handler_class(g: TracedGraph, node: fx.Node) -> type[OpHandler] | None:
     if node.op == "call_method":
         return _METHOD_HANDLERS.get(node.target)
     return None
+
+
+def _is_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADD_FUNCTIONS)
+            or (node.op == "call_method" and node.target == "add"))
 
 
 def _is_activation(g: TracedGraph, node: fx.Node) -> bool:

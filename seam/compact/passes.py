@@ -11,7 +11,7 @@ import torch.fx as fx
 from seam.compact.graph import TracedGraph, internal_error
 from seam.compact.ops import ChannelMap, OpHandler
 
-__all__ = ["Rewriter", "constants", "keeps", "liveness", "mutated_late", "needs"]
+__all__ = ["Rewriter", "channel_groups", "constants", "keeps", "liveness", "mutated_late", "needs"]
 
 
 def mutated_late(g: TracedGraph, ops: dict[fx.Node, OpHandler]) -> set[fx.Node]:
@@ -51,6 +51,31 @@ def liveness(g: TracedGraph, ops: dict, rows: dict[str, torch.Tensor], like: tor
         if g.is_ch(n):
             live[n] = ops[n].live(g, live, rows, like)
     return live
+
+
+def channel_groups(g: TracedGraph, ops: dict) -> dict[fx.Node, torch.Tensor]:
+    """Per channel node: a group id per channel. Channels an op ties (``OpHandler.ties``: the
+    same channel through BatchNorm, activations, pooling, padding; the inputs and output of a
+    residual add) share a group, found by union-find over every (node, channel)."""
+    base, total = {}, 0
+    for n in g.nodes:
+        if g.is_ch(n):
+            base[n], total = total, total + g.channels(n)
+    parent = list(range(total))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for n in base:
+        for dst, x, src in ops[n].ties(g):
+            for a, b in zip((dst + base[n]).tolist(), (src + base[x]).tolist()):
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    return {n: torch.tensor([find(base[n] + c) for c in range(g.channels(n))]) for n in base}
 
 
 def needs(g: TracedGraph, ops: dict, cval: dict) -> dict[fx.Node, torch.Tensor]:
