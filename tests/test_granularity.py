@@ -114,6 +114,17 @@ def test_rows_that_feed_one_residual_sum_share_a_group():
     assert len(set(inner)) == 16 and not set(inner) & {int(i) for g in groups.values() if g is not groups["layer1.0.conv1"] for i in g}
 
 
+def _channel_searched(grain, model: nn.Module, seed: int, shift: float, scale: float = 1.0):
+    """A copy of ``model`` with ``grain``'s masks attached, every group score set to
+    ``scale * U(0, 1) - shift``: a stand-in for a channel search's result. (copy, masks)."""
+    searched = copy.deepcopy(model)
+    masks = grain.attach(searched)
+    with torch.no_grad():
+        (scores,) = mask_scores(masks)
+        scores.copy_(scale * torch.rand(scores.shape, generator=torch.Generator().manual_seed(seed)) - shift)
+    return searched, masks
+
+
 @pytest.mark.parametrize("build", [lambda: cifar_resnet(20), lambda: chenyaofo_cifar_resnet(20, 10)],
                          ids=["option-A shortcuts", "1x1 downsample"])
 def test_a_channel_result_compacts_to_a_plain_slim_model(build):
@@ -123,12 +134,10 @@ def test_a_channel_result_compacts_to_a_plain_slim_model(build):
     model = _random_bn(build())
     x = torch.randn(4, 3, 32, 32)
     grain = ChannelGranularity(model, x)
-    searched = copy.deepcopy(model)
-    masks = grain.attach(searched)
+    searched, masks = _channel_searched(grain, model, seed=2, shift=0.4)
     with torch.no_grad():
-        (scores,) = mask_scores(masks)
-        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(2)) - 0.4)
         expected = searched(x)
+    (scores,) = mask_scores(masks)
     assert (scores <= 0).sum() > 0.3 * len(scores)
     rebuilt = apply_searched(copy.deepcopy(model), binary_masks(masks), "channel")
     torch.testing.assert_close(rebuilt(x), expected)
@@ -197,12 +206,7 @@ def test_rounded_widths_reach_the_compact_model():
     torch.manual_seed(0)
     model = _random_bn(cifar_resnet(20))
     x = torch.randn(2, 3, 32, 32)
-    grain = ChannelGranularity(model, x, round_to=8)
-    searched = copy.deepcopy(model)
-    masks = grain.attach(searched)
-    with torch.no_grad():
-        (scores,) = mask_scores(masks)
-        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(3)) - 0.5)
+    _, masks = _channel_searched(ChannelGranularity(model, x, round_to=8), model, seed=3, shift=0.5)
     rebuilt = apply_searched(copy.deepcopy(model), binary_masks(masks), "channel")
     small, report = compact(rebuilt, x)
     widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
@@ -217,11 +221,7 @@ def test_the_macs_cost_is_fvcores_count_of_the_compact_model():
     model = _random_bn(cifar_resnet(20))
     x = torch.randn(1, 3, 32, 32)
     grain = granularity("channel", model, x, round_to=8, cost="macs")
-    searched = copy.deepcopy(model)
-    masks = grain.attach(searched)
-    with torch.no_grad():
-        (scores,) = mask_scores(masks)
-        scores.copy_(torch.rand(scores.shape, generator=torch.Generator().manual_seed(4)) - 0.5)
+    _, masks = _channel_searched(grain, model, seed=4, shift=0.5)
     keep = {name.rpartition(".")[0]: m.row_keep().detach() for name, m in masks.items()}
     keep["linear"] = torch.ones(10)  # the model's output rows stay (see above)
     small, _ = compact(apply_searched(copy.deepcopy(model), binary_masks(masks), "channel"), x)
@@ -238,12 +238,7 @@ def test_the_units_the_output_needs_keep_one_block():
     residual stream keeps its best `round_to` channels, so the output still depends on the input."""
     model = _random_bn(cifar_resnet(20))
     x = torch.randn(2, 3, 32, 32)
-    grain = ChannelGranularity(model, x, round_to=8)
-    searched = copy.deepcopy(model)
-    masks = grain.attach(searched)
-    with torch.no_grad():
-        (scores,) = mask_scores(masks)
-        scores.copy_(-torch.rand(scores.shape, generator=torch.Generator().manual_seed(5)))
+    searched, masks = _channel_searched(ChannelGranularity(model, x, round_to=8), model, seed=5, shift=0.0, scale=-1.0)
     bits = binary_masks(masks)
     rows = {name[:-len(".weight")]: int(b.flatten(1).all(1).sum()) for name, b in bits.items() if name.endswith(".weight")}
     assert rows["conv1"] == rows["layer1.2.conv2"] == 8  # stage 1's stream: one block
