@@ -99,8 +99,7 @@ class ChannelGate(nn.Module):
         self._extra = None
 
     def forward(self) -> torch.Tensor:
-        keep = binarize(self.scores)
-        return keep + self.extra() if max(self.blocks, default=1) > 1 or any(self.floors) else keep
+        return binarize(self.scores) + self.extra()
 
 
 class ChannelScoreMask(nn.Module):
@@ -192,7 +191,7 @@ def attach_masks(model: nn.Module, init: float = 1.0, skip: tuple[str, ...] = ()
     gate = None
     if index is not None:
         n = 1 + max(int(i.max()) for i in index.values())
-        scores = nn.Parameter(torch.full((n,), init, dtype=torch.float32, device=targets[0][1].weight.device))
+        scores = nn.Parameter(torch.full((n,), init, dtype=torch.float32, device=getattr(targets[0][1], targets[0][2]).device))
         # a unit per distinct set of groups; convs round to `block`, linear layers do not
         units: dict[tuple, int] = {}
         for name, module, pname in targets:
