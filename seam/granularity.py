@@ -1,10 +1,11 @@
 """What one mask score decides: a single weight (the paper) or a whole output channel.
 
-Both search the same objective, CE + alpha x (share of the weights kept), with the same
+Both search the same objective, CE + alpha x (share kept: of the weights, as in the paper,
+or with ``reengineer.cost: macs`` of the multiply-accumulates), with the same
 straight-through estimator; they differ in how the masks attach to the model and in how the
 kept share is counted. ``weight`` (the default) reproduces the paper: the result is sparse,
-faster on a sparse engine (DeepSparse) only. ``channel`` removes whole channels, so the compact
-export (``seam.compact``) is a smaller, plain dense model.
+faster on a sparse engine (DeepSparse) only. ``channel`` removes whole channels, so the
+compact export (``seam.compact``) is a smaller, plain dense model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Granularity(Protocol):
         """Register the masks on ``model``'s conv/linear tensors; by tensor name."""
 
     def retention(self, masks: dict[str, nn.Module]) -> torch.Tensor:
-        """The share of the weights kept, differentiable in the scores."""
+        """The share kept (of the weights, or of the MACs), differentiable in the scores."""
 
 
 class WeightGranularity:
@@ -52,8 +53,10 @@ class ChannelGranularity:
     share one score (:meth:`ChannelCost.row_groups`): every input of the add keeps the same
     channels, so the compact add stays a plain add. The kept share counts what the compact
     model keeps (:class:`ChannelCost`): a removed channel takes its filter and bias and its
-    consumers' input slices (with ``macs``, each weight once per output position). ``round_to``: each conv keeps a multiple of this many channels
-    (:class:`seam.masking.ChannelGate`), the extra ones chosen by score.
+    consumers' input slices (with ``macs``, each weight once per output position).
+    ``round_to``: each conv keeps a multiple of this many channels, the extra ones chosen by
+    score (:class:`seam.masking.ChannelGate`); a unit the output cannot do without keeps one
+    block.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, round_to: int = 1, macs: bool = False):
