@@ -235,7 +235,8 @@ def test_the_macs_cost_is_fvcores_count_of_the_compact_model():
 
 def test_the_units_the_output_needs_keep_one_block():
     """Every score below zero: a block's inner convs go (the block is its shortcut), but each
-    residual stream keeps its best `round_to` channels, so the output still depends on the input."""
+    residual stream keeps its best `round_to` channels and the output layer all its rows, so
+    the output still depends on the input."""
     model = _random_bn(cifar_resnet(20))
     x = torch.randn(2, 3, 32, 32)
     searched, masks = _channel_searched(ChannelGranularity(model, x, round_to=8), model, seed=5, shift=0.0, scale=-1.0)
@@ -244,7 +245,14 @@ def test_the_units_the_output_needs_keep_one_block():
     assert rows["conv1"] == rows["layer1.2.conv2"] == 8  # stage 1's stream: one block
     assert rows["layer2.0.conv2"] == 8 and rows["layer3.0.conv2"] == 8
     assert rows["layer1.0.conv1"] == rows["layer3.2.conv1"] == 0  # inner convs: removable
-    assert rows["linear"] == 1  # the output layer: not rounded, but one row stays
+    assert rows["linear"] == 10  # the output layer keeps every row (the compact model does)
     with torch.no_grad():
         out = searched(x)
     assert (out[0] != out[1]).any()
+
+
+@pytest.mark.parametrize("build,head", [(lambda: cifar_resnet(20), "linear"), (lambda: chenyaofo_cifar_resnet(20, 10), "fc"),
+                                        (lambda: TinyNet(), "fc")])
+def test_the_output_layer_is_the_one_whose_rows_the_output_shows(build, head):
+    cost = ChannelCost(build().eval(), torch.randn(1, 3, 32, 32))
+    assert cost.output_layers() == {head}

@@ -102,6 +102,14 @@ class ChannelCost:
         groups = passes.channel_groups(self.g, self.ops)
         return {op.node.target: groups[op.node] for op in self.ops.values() if isinstance(op, WeightedOp)}
 
+    def output_layers(self) -> set[str]:
+        """The conv/linear modules whose rows are the model's output channels (through
+        channel-wise ops): the compact model keeps those rows, since the output shows them."""
+        groups = passes.channel_groups(self.g, self.ops)
+        out = {int(i) for op in self.ops.values() if op.node.op == "output"
+               for x in op.inputs if x in groups for i in groups[x]}
+        return {name for name, rows in self.row_groups().items() if set(rows.tolist()) <= out}
+
     def output_varies(self, keep: dict[str, torch.Tensor]) -> bool:
         """Whether the model's output still depends on its input with these rows kept."""
         like = next(iter(keep.values()))
