@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
@@ -99,16 +100,20 @@ class ChannelCost:
         """Per conv/linear module: a group id per output row. Rows in one group feed the same
         channels of a residual sum (``passes.channel_groups``), so a channel search gives them
         one score: removing one alone would leave the sum's channel alive."""
-        groups = passes.channel_groups(self.g, self.ops)
+        groups = self._channel_groups
         return {op.node.target: groups[op.node] for op in self.ops.values() if isinstance(op, WeightedOp)}
 
     def output_layers(self) -> set[str]:
         """The conv/linear modules whose rows are the model's output channels (through
         channel-wise ops): the compact model keeps those rows, since the output shows them."""
-        groups = passes.channel_groups(self.g, self.ops)
+        groups = self._channel_groups
         out = {int(i) for op in self.ops.values() if op.node.op == "output"
                for x in op.inputs if x in groups for i in groups[x]}
         return {name for name, rows in self.row_groups().items() if set(rows.tolist()) <= out}
+
+    @functools.cached_property
+    def _channel_groups(self) -> dict:
+        return passes.channel_groups(self.g, self.ops)
 
     def output_varies(self, keep: dict[str, torch.Tensor]) -> bool:
         """Whether the model's output still depends on its input with these rows kept."""

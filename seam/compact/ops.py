@@ -155,7 +155,7 @@ class OpHandler:
 
     def ties(self, g: TracedGraph) -> list[tuple[torch.Tensor, fx.Node, torch.Tensor]]:
         """``(output channels, input, its channels)``: channels that a channel search must keep
-        or remove together (the same channel, or summed by an add). None for an opaque op."""
+        or remove together (the same channel, or summed by an add). Empty for an opaque op."""
         return []
 
     def removed(self, rw: Rewriter) -> None:
