@@ -104,6 +104,7 @@ class ReengineerParams(Section):
     granularity: Literal["weight", "channel"] = "weight"   # what one mask score decides (seam.granularity)
     round_to: PositiveInt = 16   # channel granularity: each conv keeps a multiple of this many channels
     cost: Literal["weights", "macs"] = "weights"   # what the kept share counts (seam.granularity)
+    alpha_warmup: NonNegativeInt = 0   # epochs over which alpha rises from 0 (0: constant, the paper)
 
 
 class RetrainParams(Section):

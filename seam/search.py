@@ -42,6 +42,7 @@ class SearchConfig:
     granularity: str = "weight"   # what one score decides: "weight" (the paper) or "channel" (seam.granularity)
     round_to: int = 1          # channel granularity: each conv keeps a multiple of this many channels
     cost: str = "weights"      # what the kept share counts: "weights" (the paper) or "macs"
+    alpha_warmup: int = 0      # epochs over which alpha rises linearly from 0 (0: constant, the paper)
     head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
     padding: int = 4           # random-crop padding of the training augmentation
 
@@ -107,7 +108,6 @@ def search(
     optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
     optim_joint = torch.optim.Adam([{"params": mask_scores(masks), "lr": config.lr_mask},
                                     {"params": head_params, "lr": config.lr_head}])
-    loss_fn = _objective(masks, config.alpha, grain)
     rule = stop(acc_original[config.select_on])
     best = None
     history = []
@@ -119,6 +119,7 @@ def search(
                               progress=progress, on_epoch=on_epoch)
     for epoch in epochs:
         head_only = epoch % config.head_only_every == 0
+        loss_fn = _objective(masks, alpha_at(config, epoch), grain)
         # Eval mode even while training: the search learns scores and the head, never the
         # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").
         model.eval()
@@ -185,6 +186,16 @@ def _restore(state: dict, masks: dict, head: nn.Module, optims: dict, gen: torch
     set_rng_state(state, gen, device)
     restore_fields(rule, state["rule"])
     return state["best"], list(state["history"])
+
+
+def alpha_at(config: SearchConfig, epoch: int) -> float:
+    """The retention term's weight in ``epoch``: ``alpha``, reached linearly over ``alpha_warmup``
+    epochs. A ramp lets the channels the target needs least go first: under Adam every score
+    whose gradient keeps one sign moves by about ``lr_mask`` per step, so with the full alpha
+    from the start all channels the penalty outweighs cross zero together."""
+    if config.alpha_warmup <= 0:
+        return config.alpha
+    return config.alpha * min(1.0, epoch / config.alpha_warmup)
 
 
 def _objective(masks: dict, alpha: float, grain: Granularity):

@@ -80,6 +80,16 @@ def test_high_alpha_drops_retention_and_selection_uses_the_val_split():
     assert set(result.acc_original) == {"val", "test"}
 
 
+def test_alpha_warmup_ramps_the_retention_term_linearly_then_holds_it():
+    torch.manual_seed(0)
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=6, alpha=2.0, alpha_warmup=4)
+    # each batch's loss is CE + alpha x kept, so the epoch's alpha is (loss - CE) / kept
+    alphas = [(r["loss"] - r["ce"]) / r["train_retention"] for r in result.history]
+    assert alphas == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0], abs=1e-5)
+    constant = run(TinyNet().eval(), tiny_target(), max_epochs=2, alpha=2.0)
+    assert [(r["loss"] - r["ce"]) / r["train_retention"] for r in constant.history] == pytest.approx([2.0, 2.0])
+
+
 def test_select_on_val_without_a_val_split_is_a_clear_error():
     data = tiny_target(n_val=0)
     with pytest.raises(SearchError, match="no val images.*val_fraction > 0 or select_on: test"):
