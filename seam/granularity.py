@@ -76,6 +76,11 @@ class ChannelGranularity:
                 gate_norm(model.get_submodule(norm), self._rows[layer])
         return masks
 
+    @property
+    def rows(self) -> dict[str, ChannelScoreMask]:
+        """The weight's channel mask of every masked layer, by layer name (after :meth:`attach`)."""
+        return self._rows
+
     def _keep_vital_units(self, gate: ChannelGate) -> None:
         # The output layer keeps every row: the compact model keeps them anyway (the output
         # shows them), and with them gone the head's ReLU saw no positive input (a search
