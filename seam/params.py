@@ -105,6 +105,7 @@ class ReengineerParams(Section):
     round_to: PositiveInt = 16   # channel granularity: each conv keeps a multiple of this many channels
     cost: Literal["weights", "macs"] = "weights"   # what the kept share counts (seam.granularity)
     alpha_warmup: NonNegativeInt = 0   # epochs over which alpha rises from 0 (0: constant, the paper)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"   # compute dtype of the search's training passes
 
 
 class RetrainParams(Section):

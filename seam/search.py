@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from seam.accuracy import accuracy, original_accuracy, predict
 from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
+from seam.device import resolve_precision
 from seam.errors import SeamError
 from seam.granularity import Granularity, granularity
 from seam.masking import binary_masks, mask_scores
@@ -43,6 +44,7 @@ class SearchConfig:
     round_to: int = 1          # channel granularity: each conv keeps a multiple of this many channels
     cost: str = "weights"      # what the kept share counts: "weights" (the paper) or "macs"
     alpha_warmup: int = 0      # epochs over which alpha rises linearly from 0 (0: constant, the paper)
+    precision: str = "fp32"    # compute dtype of the training passes: "fp32", "bf16" or "auto" (seam.device)
     head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
     padding: int = 4           # random-crop padding of the training augmentation
 
@@ -90,6 +92,7 @@ def search(
     go to ``on_epoch`` again, and the result equals an uninterrupted run's.
     """
     device = torch.device(device)
+    dtype = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     normalize = Normalize(mean, std, device)
@@ -130,7 +133,7 @@ def search(
         sums, n_batches = train_epoch(
             model, optim_head if head_only else optim_joint, train_x, train_y, normalize=normalize, generator=gen,
             batch_size=config.batch_size, padding=config.padding, loss_fn=loss_fn,
-            desc="head" if head_only else "head+mask", progress=batch_bar(progress))
+            desc="head" if head_only else "head+mask", progress=batch_bar(progress), dtype=dtype)
         for m in masks.values():
             m.scores.requires_grad_(True)
         loss, ce, train_kept = (sums / max(n_batches, 1)).tolist()

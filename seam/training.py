@@ -47,9 +47,12 @@ def train_epoch(
     padding: int = 4,
     desc: str = "train",
     progress: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One pass in a random order with batched random crop + flip; the model's train/eval
-    mode and which parameters train are the caller's to set.
+    mode and which parameters train are the caller's to set. ``dtype`` (e.g. bfloat16): the
+    forward pass and loss run under ``torch.autocast`` to it; parameters, gradients and the
+    optimiser's state stay fp32.
 
     Returns the float64 sum over batches of ``loss_fn``'s statistics, and the batch count.
     """
@@ -60,7 +63,8 @@ def train_epoch(
     for start in tqdm(batches, desc=desc, leave=False, disable=not progress):
         idx = order[start : start + batch_size]
         x = normalize(random_crop_flip(train_x[idx], padding, generator)).contiguous(memory_format=torch.channels_last)
-        loss, stats = loss_fn(model(x), train_y[idx], len(idx))
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, stats = loss_fn(model(x), train_y[idx], len(idx))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -32,7 +32,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     config = SearchConfig(alpha=params.alpha, lr_mask=p.lr_mask, lr_head=p.lr_head, batch_size=p.batch_size,
                           max_epochs=p.max_epochs, select_on=params.select_on, seed=params.seed,
                           granularity=p.granularity, round_to=p.round_to, cost=p.cost,
-                          alpha_warmup=p.alpha_warmup)
+                          alpha_warmup=p.alpha_warmup, precision=p.precision)
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)
     info, original = load_pretrained(pretrained_dir)

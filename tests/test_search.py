@@ -90,6 +90,31 @@ def test_alpha_warmup_ramps_the_retention_term_linearly_then_holds_it():
     assert [(r["loss"] - r["ce"]) / r["train_retention"] for r in constant.history] == pytest.approx([2.0, 2.0])
 
 
+@pytest.mark.parametrize("precision, train_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_sets_the_training_passes_dtype_and_evaluation_stays_fp32(precision, train_dtype):
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    seen = []
+    model.conv2.register_forward_hook(lambda m, i, out: seen.append((torch.is_grad_enabled(), out.dtype)))
+    a = run(model, tiny_target(), max_epochs=3, precision=precision, alpha=5.0, lr_mask=0.2)
+    assert {dtype for grad, dtype in seen if grad} == {train_dtype}        # training passes
+    assert {dtype for grad, dtype in seen if not grad} == {torch.float32}  # evaluation, selection
+    assert a.history[-1]["retention"] < 1.0  # the scores (fp32) moved
+    b = run(model, tiny_target(), max_epochs=3, precision=precision, alpha=5.0, lr_mask=0.2)
+    assert a.history == b.history  # deterministic on the CPU in either precision
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    import seam.device as device
+
+    assert device.resolve_precision("fp32", torch.device("cpu")) is None
+    assert device.resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(device, "_cpu_has_bf16", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(device, "_cpu_has_bf16", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu")) is None
+
+
 def test_select_on_val_without_a_val_split_is_a_clear_error():
     data = tiny_target(n_val=0)
     with pytest.raises(SearchError, match="no val images.*val_fraction > 0 or select_on: test"):
