@@ -10,7 +10,7 @@ compact export (``seam.compact``) is a smaller, plain dense model.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, get_args
 
 import torch
 from torch import nn
@@ -18,9 +18,11 @@ from torch.nn.utils import parametrize
 
 from seam.compact import ChannelCost
 from seam.masking import MASKABLE, ChannelGate, ChannelScoreMask, attach_masks, maskable_tensors, norms_after, retention
+from seam.params import ReengineerParams
 
-NAMES = ("weight", "channel")
-COSTS = ("weights", "macs")
+# the choices params.yaml allows (its schema is where they are declared)
+NAMES = get_args(ReengineerParams.model_fields["granularity"].annotation)
+COSTS = get_args(ReengineerParams.model_fields["cost"].annotation)
 
 
 class Granularity(Protocol):
