@@ -29,10 +29,8 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     if target not in params.targets:
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
     p = params.reengineer
-    config = SearchConfig(alpha=params.alpha, lr_mask=p.lr_mask, lr_head=p.lr_head, batch_size=p.batch_size,
-                          max_epochs=p.max_epochs, select_on=params.select_on, seed=params.seed,
-                          granularity=p.granularity, round_to=p.round_to, cost=p.cost,
-                          alpha_warmup=p.alpha_warmup, precision=p.precision)
+    config = SearchConfig(alpha=params.alpha, select_on=params.select_on, seed=params.seed,
+                          **p.model_dump(exclude={"early_stop"}))  # early_stop is the stopping rule's
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)
     info, original = load_pretrained(pretrained_dir)
