@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from seam.artifact import build_reengineered, load_artifact
 from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
 from seam.granularity import ChannelGranularity
+from seam.masking import mask_scores
 from seam.pretrained import load_pretrained
 from seam.problem import TargetProblem
 from seam.structured import group_keep, l1_importance, l1_keep_like
@@ -64,7 +66,9 @@ def main() -> None:
                       else torch.rand(reference.shape, generator=torch.Generator().manual_seed(search["seed"])))
         if _set_keep(gate, grain, masks, l1_keep_like(gate, importance, reference)) != (share, widths):
             raise AssertionError(f"{name}: the widths differ from the search's")
-        rows.append((name, _train_head(model, problem, normalize, splits, select, search, args.epochs)))
+        for scores in mask_scores(masks):
+            scores.requires_grad_(False)  # fixed channels: autograd stops at the head (~3x cheaper)
+        rows.append((name, _train_head(model, problem, normalize, splits, select, search, args.epochs, name)))
 
     print(f"{problem.name}: {info.name}, {search['cost']} kept {share:.4f} by every row "
           f"(same widths: {sorted(set(widths.values()))})")
@@ -81,7 +85,7 @@ def _set_keep(gate, grain: ChannelGranularity, masks: dict, keep: torch.Tensor) 
         return round(float(grain.retention(masks)), 12), widths
 
 
-def _train_head(model, problem, normalize, splits, select, search, epochs) -> dict[str, float]:
+def _train_head(model, problem, normalize, splits, select, search, epochs, name) -> dict[str, float]:
     """Head-only training with the search's head settings; the epoch best on ``select``."""
     params = list(model.head.parameters())
     for p in params:
@@ -94,7 +98,7 @@ def _train_head(model, problem, normalize, splits, select, search, epochs) -> di
         return loss, loss.detach().view(1)
 
     best = None
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=f"head on {name} channels", unit="epoch"):
         model.eval()  # the original BatchNorm statistics stay, as in the search
         train_epoch(model, optim, problem.train_x, problem.train_y, normalize=normalize, generator=gen,
                     batch_size=search["batch_size"], padding=search["padding"], loss_fn=loss_fn)
