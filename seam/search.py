@@ -45,7 +45,7 @@ class SearchConfig:
     cost: str = "weights"      # what the kept share counts: "weights" (the paper) or "macs"
     alpha_warmup: int = 0      # epochs over which alpha rises linearly from 0 (0: constant, the paper)
     precision: str = "fp32"    # compute dtype of the training passes: "fp32", "bf16" or "auto" (seam.device)
-    head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release)
+    head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release; 0: never)
     padding: int = 4           # random-crop padding of the training augmentation
 
 
@@ -121,7 +121,7 @@ def search(
     epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"search {problem.name}",
                               progress=progress, on_epoch=on_epoch)
     for epoch in epochs:
-        head_only = epoch % config.head_only_every == 0
+        head_only = config.head_only_every > 0 and epoch % config.head_only_every == 0
         loss_fn = _objective(masks, alpha_at(config, epoch), grain)
         # Eval mode even while training: the search learns scores and the head, never the
         # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").

@@ -63,6 +63,13 @@ def test_head_only_epochs_do_not_move_the_masks():
     assert result.history[1]["phase"] == "head+mask" and result.history[1]["retention"] < 1.0
 
 
+@pytest.mark.parametrize("every, head_epochs", [(3, [0, 3]), (0, [])])
+def test_head_only_every_sets_the_head_only_cadence(every, head_epochs):
+    result = run(TinyNet().eval(), tiny_target(), max_epochs=5, lr_mask=1.0, alpha=100.0, head_only_every=every)
+    assert [r["epoch"] for r in result.history if r["phase"] == "head"] == head_epochs
+    assert result.history[0]["retention"] < 1.0 if every == 0 else result.history[0]["retention"] == 1.0
+
+
 def test_search_is_deterministic_on_cpu():
     data = tiny_target()
     torch.manual_seed(1)
