@@ -57,12 +57,14 @@ class TargetProblem:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TargetProblem":
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`, memory-mapped: the images stay in the file
+        (the OS pages them in per batch and may drop them again), so a large target costs
+        page cache, not the process's own memory."""
         path = Path(path)
         if not path.is_file():
             raise TargetError(f"{path}: target file not found (run the prepare stage)")
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
             raise TargetError(f"{path}: not a target file: {e}") from e
         names = [f.name for f in fields(cls)]

@@ -266,6 +266,17 @@ def test_save_load_roundtrip(tmp_path: Path, raw: RawDataset) -> None:
         assert getattr(back, k).untyped_storage().nbytes() == getattr(back, k).numel()
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_load_maps_the_file_instead_of_copying_it(tmp_path: Path, raw: RawDataset) -> None:
+    (p,) = parse_targets({"t": {"binary": 0}}, raw)
+    path = tmp_path / "mapped.pt"
+    build_target(raw, p, seed=0, val_fraction=0.2).save(path)
+    back = TargetProblem.load(path)
+    # the images are pages of the file (page cache), not the process's own memory
+    assert str(path) in Path("/proc/self/maps").read_text()
+    assert back.train_x.sum() > 0
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match=r"nope\.pt: target file not found"):
         TargetProblem.load(tmp_path / "nope.pt")
