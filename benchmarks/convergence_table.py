@@ -55,13 +55,15 @@ def main() -> None:
             "kept ep", "retention", f"{select_on} acc", "test acc", "orig test", "s/epoch"]
     table = [head]
     for r in sorted(runs, key=lambda r: r["name"]):
-        table.append([r["name"], *[str(r["params"].get(k)) for k in knobs],
+        table.append([r["name"], *[show(r["params"].get(k)) for k in knobs],
                       *[str(first_epoch(r, lv)) if first_epoch(r, lv) is not None else "-" for lv in levels],
                       str(r["selected"]), f"{r['rows'][r['selected']]['retention']:.4f}",
                       f"{r['rows'][r['selected']][select_on + '_acc']:.4f}", f"{r['rows'][r['selected']]['test_acc']:.4f}",
                       f"{r['acc_original'].get('test', float('nan')):.4f}", f"{r['s_per_epoch']:.1f}"])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    print(f"reengineer@{args.target}: first epoch with retention <= level and {select_on} acc >= the original's")
+    originals = sorted({f"{r['acc_original'][select_on]:.4f}" for r in runs})
+    print(f"reengineer@{args.target}: first epoch with retention <= level and {select_on} acc >= the original's "
+          f"({', '.join(originals)})")
     for row in table:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
@@ -85,6 +87,11 @@ def read_run(exp: dict, target: str) -> dict | None:
     return {"name": exp["Experiment"], "params": {k: v for k, v in exp.items() if "." in k or k == "alpha"},
             "rows": rows, "selected": meta["selected_epoch"], "select_on": meta["search"]["select_on"],
             "acc_original": meta["acc_original"], "s_per_epoch": timing["seconds"] / max(timing["epochs_run"], 1)}
+
+
+def show(value) -> str:
+    """A param as written in params.yaml (`dvc exp show` gives every number as a float)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def first_epoch(run: dict, level: float) -> int | None:

@@ -206,3 +206,23 @@ def test_a_foreign_or_torn_state_is_ignored_with_a_note(tmp_path, capsys):
     path.write_bytes(path.read_bytes()[:100])
     torn = go({"alpha": 2.0})
     assert "unreadable resume state ignored" in capsys.readouterr().err and torn.history == first.history
+
+
+def test_score_init_is_not_a_lever_of_its_own(monkeypatch):
+    """The forward pass sees only each score's sign and Adam's step scales with the learning
+    rate, so scores initialised at 0.5 with lr_mask 0.05 take exactly the path of init 1.0 with
+    lr_mask 0.1: the convergence study varies lr_mask alone (README, "Search cost")."""
+    import functools
+
+    import seam.granularity
+    from seam.masking import attach_masks as attach
+
+    def history(lr_mask, init):
+        monkeypatch.setattr(seam.granularity, "attach_masks", functools.partial(attach, init=init))
+        torch.manual_seed(0)
+        result = run(TinyNet().eval(), tiny_target(), max_epochs=8, lr_mask=lr_mask)
+        return [(r["retention"], r["val_acc"], r["loss"]) for r in result.history]
+
+    halved = history(0.05, 0.5)
+    assert halved == history(0.1, 1.0)
+    assert halved != history(0.05, 1.0)
