@@ -8,8 +8,8 @@ For every finished experiment that ran `reengineer@<target>`, it reads the searc
 (`plots/reengineer/<target>.csv`) and artifact at that experiment's commit through
 `dvc.api`, and prints the params that differ between the experiments, then the first epoch
 that reached each retention level at an accuracy the stopping rule accepts (the selection
-split's accuracy >= the original model's), the epoch the search kept, its retention and
-accuracies, and seconds per epoch.
+split's accuracy >= the original model's), the epochs run (the early stop may end a run),
+the epoch the search kept, its retention and accuracies, and seconds per epoch.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def main() -> None:
                     and len({json.dumps(x["params"].get(k)) for x in runs}) > 1})
     select_on = runs[0]["select_on"]
     head = ["experiment", *[k.removeprefix("reengineer.") for k in knobs], *[f"to {lv:.0%}" for lv in levels],
-            "kept ep", "retention", f"{select_on} acc", "test acc", "orig test", "s/epoch"]
+            "epochs", "kept ep", "retention", f"{select_on} acc", "test acc", "orig test", "s/epoch"]
     table = [head]
     for r in sorted(runs, key=lambda r: r["name"]):
         table.append([r["name"], *[show(r["params"].get(k)) for k in knobs],
                       *[str(first_epoch(r, lv)) if first_epoch(r, lv) is not None else "-" for lv in levels],
-                      str(r["selected"]), f"{r['rows'][r['selected']]['retention']:.4f}",
+                      str(len(r["rows"])), str(r["selected"]) + ("" if r["reached"] else "*"),
+                      f"{r['rows'][r['selected']]['retention']:.4f}",
                       f"{r['rows'][r['selected']][select_on + '_acc']:.4f}", f"{r['rows'][r['selected']]['test_acc']:.4f}",
                       f"{r['acc_original'].get('test', float('nan')):.4f}", f"{r['s_per_epoch']:.1f}"])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -66,6 +67,8 @@ def main() -> None:
           f"({', '.join(originals)})")
     for row in table:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if not all(r["reached"] for r in runs):
+        print(f"* no epoch reached the original's {select_on} accuracy: the rule kept the best accuracy - retention")
 
 
 def read_run(exp: dict, target: str) -> dict | None:
@@ -85,7 +88,7 @@ def read_run(exp: dict, target: str) -> dict | None:
     rows = [{k: (v if k == "phase" else v == "True" if k == "selected" else float(v)) for k, v in row.items()}
             for row in csv.DictReader(io.StringIO(log))]
     return {"name": exp["Experiment"], "params": {k: v for k, v in exp.items() if "." in k or k == "alpha"},
-            "rows": rows, "selected": meta["selected_epoch"], "select_on": meta["search"]["select_on"],
+            "rows": rows, "selected": meta["selected_epoch"], "reached": meta["reached_target"], "select_on": meta["search"]["select_on"],
             "acc_original": meta["acc_original"], "s_per_epoch": timing["seconds"] / max(timing["epochs_run"], 1)}
 
 
