@@ -50,19 +50,20 @@ def main() -> None:
 
     knobs = sorted({k for r in runs for k in r["params"] if k.startswith(KNOBS)
                     and len({json.dumps(x["params"].get(k)) for x in runs}) > 1})
-    select_on = runs[0]["select_on"]
+    select_ons = {r["select_on"] for r in runs}
+    select_on = select_ons.pop() if len(select_ons) == 1 else "selection"   # run experiments apart to compare
     head = ["experiment", *[k.removeprefix("reengineer.") for k in knobs], *[f"to {lv:.0%}" for lv in levels],
             "epochs", "kept ep", "retention", f"{select_on} acc", "test acc", "orig test", "s/epoch"]
     table = [head]
     for r in sorted(runs, key=lambda r: r["name"]):
         table.append([r["name"], *[show(r["params"].get(k)) for k in knobs],
-                      *[str(first_epoch(r, lv)) if first_epoch(r, lv) is not None else "-" for lv in levels],
+                      *[str(e) if (e := first_epoch(r, lv)) is not None else "-" for lv in levels],
                       str(len(r["rows"])), str(r["selected"]) + ("" if r["reached"] else "*"),
                       f"{r['rows'][r['selected']]['retention']:.4f}",
-                      f"{r['rows'][r['selected']][select_on + '_acc']:.4f}", f"{r['rows'][r['selected']]['test_acc']:.4f}",
+                      f"{r['rows'][r['selected']][r['select_on'] + '_acc']:.4f}", f"{r['rows'][r['selected']]['test_acc']:.4f}",
                       f"{r['acc_original'].get('test', float('nan')):.4f}", f"{r['s_per_epoch']:.1f}"])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    originals = sorted({f"{r['acc_original'][select_on]:.4f}" for r in runs})
+    originals = sorted({f"{r['acc_original'][r['select_on']]:.4f}" for r in runs})
     print(f"reengineer@{args.target}: first epoch with retention <= level and {select_on} acc >= the original's "
           f"({', '.join(originals)})")
     for row in table:
@@ -88,8 +89,8 @@ def read_run(exp: dict, target: str) -> dict | None:
     rows = [{k: (v if k == "phase" else v == "True" if k == "selected" else float(v)) for k, v in row.items()}
             for row in csv.DictReader(io.StringIO(log))]
     return {"name": exp["Experiment"], "params": {k: v for k, v in exp.items() if "." in k or k == "alpha"},
-            "rows": rows, "selected": meta["selected_epoch"], "reached": meta["reached_target"], "select_on": meta["search"]["select_on"],
-            "acc_original": meta["acc_original"], "s_per_epoch": timing["seconds"] / max(timing["epochs_run"], 1)}
+            "rows": rows, "selected": meta["selected_epoch"], "reached": meta["reached_target"],
+            "select_on": meta["search"]["select_on"], "acc_original": meta["acc_original"], "s_per_epoch": timing["seconds"] / max(timing["epochs_run"], 1)}
 
 
 def show(value) -> str:
