@@ -2,9 +2,10 @@
 
 For a channel-granularity artifact (`reengineer.granularity: channel`), keep exactly as many
 channels per layer as the search did, chosen instead by L1 norm (Li et al. 2017, the standard
-structured baseline) and at random, train a fresh head on each (head only, as the search's
-head-only epochs do: the original weights stay as they are), and print test accuracy beside
-the search's. Equal widths mean equal compact FLOPs and latency, so accuracy is the comparison.
+structured baseline) and at random, train a fresh head on each (and, where the search trained
+the original weights, `reengineer.lr_weights` > 0, those too, at the search's learning rate;
+otherwise they stay as they are), and print test accuracy beside the search's. Equal widths
+mean equal compact FLOPs and latency, so accuracy is the comparison.
 
     uv run python benchmarks/channel_baseline.py models/pretrained data/prepared/airplane.pt \\
         models/reengineered/airplane.pt --epochs 10
@@ -24,7 +25,7 @@ from seam.artifact import build_reengineered, load_artifact
 from seam.augment import Normalize
 from seam.candidate import ReengineeredModel
 from seam.granularity import ChannelGranularity
-from seam.masking import mask_scores
+from seam.masking import mask_scores, own_parameters
 from seam.pretrained import load_pretrained
 from seam.problem import TargetProblem
 from seam.structured import group_keep, l1_importance, l1_keep_like
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("pretrained", type=Path, help="the fetch_model stage's directory")
     parser.add_argument("problem", type=Path, help="the prepared target problem (.pt)")
     parser.add_argument("artifact", type=Path, help="a channel search's artifact (.pt)")
-    parser.add_argument("--epochs", type=int, default=10, help="head-only epochs for each baseline")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs for each baseline")
     args = parser.parse_args()
 
     info, original = load_pretrained(args.pretrained)
@@ -86,11 +87,14 @@ def _set_keep(gate, grain: ChannelGranularity, masks: dict, keep: torch.Tensor) 
 
 
 def _train_head(model, problem, normalize, splits, select, search, epochs, name) -> dict[str, float]:
-    """Head-only training with the search's head settings; the epoch best on ``select``."""
+    """The head (and the kept weights, as the search trained them) with the search's settings;
+    the epoch best on ``select``."""
     params = list(model.head.parameters())
-    for p in params:
+    weights = list(own_parameters(model.original).values()) if search.get("lr_weights", 0) > 0 else []
+    for p in params + weights:
         p.requires_grad_(True)
-    optim = torch.optim.Adam(params, lr=search["lr_head"])
+    optim = torch.optim.Adam([{"params": params, "lr": search["lr_head"]},
+                              *([{"params": weights, "lr": search["lr_weights"]}] if weights else [])])
     gen = torch.Generator().manual_seed(search["seed"])
 
     def loss_fn(logits, y, _n):
@@ -98,7 +102,7 @@ def _train_head(model, problem, normalize, splits, select, search, epochs, name)
         return loss, loss.detach().view(1)
 
     best = None
-    for _ in tqdm(range(epochs), desc=f"head on {name} channels", unit="epoch"):
+    for _ in tqdm(range(epochs), desc=f"{'weights and head' if weights else 'head'} on {name} channels", unit="epoch"):
         model.eval()  # the original BatchNorm statistics stay, as in the search
         train_epoch(model, optim, problem.train_x, problem.train_y, normalize=normalize, generator=gen,
                     batch_size=search["batch_size"], padding=search["padding"], loss_fn=loss_fn)

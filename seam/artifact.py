@@ -1,5 +1,6 @@
-"""The re-engineering artifact: packed mask bits + head + metadata, and the loader that
-rebuilds the re-engineered model from the original checkpoint and this artifact."""
+"""The re-engineering artifact: packed mask bits + head + metadata (+ the tuned weights of a
+search that trained them), and the loader that rebuilds the re-engineered model from the
+original checkpoint and this artifact."""
 
 from __future__ import annotations
 
@@ -52,26 +53,35 @@ def unpack_masks(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def save_artifact(path: str | os.PathLike, *, masks: dict[str, torch.Tensor], head: dict[str, torch.Tensor],
-                  meta: dict[str, Any]) -> None:
+                  meta: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> None:
     """Write an artifact atomically. ``meta`` must name the model (``model``, ``model_sha256``),
-    the target (``target``: name, kind, source_classes, class_names) and ``num_outputs``."""
+    the target (``target``: name, kind, source_classes, class_names) and ``num_outputs``.
+    ``weights``: the model's own parameters by name, where the search trained them
+    (``reengineer.lr_weights``); without them the original checkpoint's are reused."""
     for key in ("model", "model_sha256", "target", "num_outputs"):
         if key not in meta:
             raise ArtifactError(f"artifact metadata lacks {key!r}")
     content = {"meta": meta, "masks": pack_masks(masks), "head": {k: v.detach().cpu() for k, v in head.items()}}
+    if weights is not None:
+        content["weights"] = {k: v.detach().cpu() for k, v in weights.items()}
     save_torch({"format": FORMAT, "version": VERSION, **content, "digest": content_digest(content)}, path)
 
 
 def content_digest(content: dict[str, Any]) -> str:
-    """sha256 of an artifact's meta, mask bits and head, independent of how torch lays them out."""
+    """sha256 of an artifact's meta, mask bits, head and tuned weights, independent of how torch
+    lays them out."""
     h = hashlib.sha256(json.dumps(content["meta"], sort_keys=True, default=str).encode())
     masks = content["masks"]
     h.update(json.dumps([masks["names"], masks["shapes"], masks["count"]]).encode())
     h.update(masks["bits"].numpy().tobytes())
-    for name in sorted(content["head"]):
-        t = content["head"][name].contiguous()
-        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for part in ("head", "weights"):
+        if part == "weights" and part not in content:
+            continue  # an artifact of frozen weights has the digest it always had
+        for name in sorted(content[part]):
+            t = content[part][name].contiguous()
+            h.update(f"{part}/{name}:{t.dtype}:{list(t.shape)}".encode() if part == "weights" else
+                     f"{name}:{t.dtype}:{list(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -95,12 +105,14 @@ def load_artifact(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"{path}: malformed artifact ({exc!r})") from exc
     if not intact:
         raise ArtifactError(f"{path}: content does not match its digest (the file was altered or damaged)")
-    return {"meta": raw["meta"], "masks": unpack_masks(raw["masks"]), "head": raw["head"], "digest": raw["digest"]}
+    return {"meta": raw["meta"], "masks": unpack_masks(raw["masks"]), "head": raw["head"],
+            "weights": raw.get("weights"), "digest": raw["digest"]}
 
 
 def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_sha256: str | None = None) -> nn.Module:
-    """The re-engineered model: a copy of ``original`` with masked weights zeroed (after a
-    channel search, also the BatchNorm channels it gated), plus the head.
+    """The re-engineered model: a copy of ``original`` (with the artifact's tuned weights, if
+    it has them) with masked weights zeroed (after a channel search, also the BatchNorm
+    channels it gated), plus the head.
 
     ``original`` is left unchanged. With ``model_sha256``, refuse an artifact that was
     searched on a different checkpoint.
@@ -112,6 +124,8 @@ def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_s
             f"but the checkpoint given has sha256 {model_sha256[:12]}…"
         )
     base = copy.deepcopy(original).eval()
+    if artifact.get("weights") is not None:
+        _load_weights(base, artifact["weights"], meta["model"])
     try:
         apply_searched(base, artifact["masks"], meta.get("search", {}).get("granularity", "weight"))
     except ValueError as exc:
@@ -119,3 +133,16 @@ def build_reengineered(original: nn.Module, artifact: dict[str, Any], *, model_s
     model = ReengineeredModel(base, meta["num_outputs"], len(meta["target"]["class_names"]))
     model.head.load_state_dict(artifact["head"])
     return model.eval()
+
+
+def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], name: str) -> None:
+    """Put an artifact's tuned parameters into ``model``: every parameter, nothing else."""
+    expected = dict(model.named_parameters())
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = [k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape]
+    if missing or extra or wrong:
+        raise ArtifactError(f"artifact's tuned weights do not fit {name}: missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}, wrong shape {sorted(wrong)[:3]}")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(weights[k])

@@ -318,6 +318,20 @@ def apply_searched(model: nn.Module, bool_masks: dict[str, torch.Tensor], name: 
     return model
 
 
+def own_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``model``'s own parameters by their plain names (``layer1.0.conv1.weight``): under a
+    mask, the unmasked tensor it wraps; never a mask's scores."""
+    out = {}
+    for mname, module in model.named_modules():
+        if "parametrizations" in mname.split("."):
+            continue
+        prefix = f"{mname}." if mname else ""
+        if parametrize.is_parametrized(module):
+            out.update({prefix + tname: plist.original for tname, plist in module.parametrizations.items()})
+        out.update({prefix + pname: p for pname, p in module.named_parameters(recurse=False)})
+    return out
+
+
 class FixedMask(nn.Module):
     """Parametrization ``tensor -> tensor * mask`` with a fixed bool mask (a buffer)."""
 

@@ -107,6 +107,7 @@ class ReengineerParams(Section):
     alpha_warmup: NonNegativeInt = 0   # epochs over which alpha rises from 0 (0: constant, the paper)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"   # compute dtype of the search's training passes
     head_only_every: NonNegativeInt = 5   # epoch % this == 0 trains the head alone (release: 5; 0: never)
+    lr_weights: NonNegative = 0.0   # Adam lr of the original weights in joint epochs (0: frozen, the paper)
 
 
 class RetrainParams(Section):

@@ -57,6 +57,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
         out,
         masks=result.masks,
         head=result.head,
+        weights=result.weights,
         meta={
             "model": info.name,
             "model_sha256": info.sha256,

@@ -107,3 +107,21 @@ def test_an_altered_artifact_is_refused(tmp_path):
     torch.save(raw, path)
     with pytest.raises(ArtifactError, match="artifact version 1, this code reads 2"):
         load_artifact(path)
+
+
+def test_tuned_weights_travel_in_the_artifact_under_its_digest(tmp_path):
+    original, model, masks = searched_model()
+    weights = {n: p.detach() + 0.5 for n, p in original.named_parameters()}  # a search with lr_weights > 0
+    path = tmp_path / "a.pt"
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META, weights=weights)
+    rebuilt = build_reengineered(original, load_artifact(path))
+    assert torch.equal(rebuilt.original.conv.weight, weights["conv.weight"] * masks["conv.weight"])
+    assert torch.equal(original.conv.weight + 0.5, weights["conv.weight"])  # the original is not modified
+
+    _flip_byte_of_member(path, weights["conv2.weight"].numel() * 4)
+    with pytest.raises(ArtifactError, match="content does not match its digest"):
+        load_artifact(path)
+    save_artifact(path, masks=masks, head=model.head.state_dict(), meta=META,
+                  weights={k: v for k, v in weights.items() if k != "conv.weight"})
+    with pytest.raises(ArtifactError, match=r"tuned weights do not fit tiny: missing \['conv.weight'\]"):
+        build_reengineered(original, load_artifact(path))

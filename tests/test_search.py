@@ -155,14 +155,14 @@ class Killed(Exception):
     """Stands in for a crash right after an epoch's state was saved."""
 
 
-@pytest.mark.parametrize("threshold", [None, 0.3])
-def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, threshold):
+@pytest.mark.parametrize("threshold, lr_weights", [(None, 0.0), (0.3, 0.0), (None, 0.01)])
+def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, threshold, lr_weights):
     from seam.resume import ResumeFile
 
     data, key = tiny_target(), {"run": "a"}
     torch.manual_seed(1)
     model = TinyNet().eval()
-    config = SearchConfig(**{**DEFAULTS, "max_epochs": 9, "lr_mask": 0.2})
+    config = SearchConfig(**{**DEFAULTS, "max_epochs": 9, "lr_mask": 0.2, "lr_weights": lr_weights})
     stop = AccuracyTarget.factory(4) if threshold is None else RemovalThreshold.factory(threshold)
 
     def go(resume, on_epoch=None):
@@ -187,6 +187,8 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, thr
     assert resumed.selected_epoch == whole.selected_epoch and resumed.reached_target == whole.reached_target
     assert all(torch.equal(whole.masks[k], resumed.masks[k]) for k in whole.masks)
     assert all(torch.equal(whole.head[k], resumed.head[k]) for k in whole.head)
+    assert (whole.weights is None) == (lr_weights == 0) == (resumed.weights is None)
+    assert all(torch.equal(whole.weights[k], resumed.weights[k]) for k in whole.weights or {})
 
 
 def test_a_foreign_or_torn_state_is_ignored_with_a_note(tmp_path, capsys):
@@ -226,3 +228,33 @@ def test_score_init_is_not_a_lever_of_its_own(monkeypatch):
     halved = history(0.05, 0.5)
     assert halved == history(0.1, 1.0)
     assert halved != history(0.05, 1.0)
+
+
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+def test_lr_weights_trains_the_own_weights_and_the_artifact_rebuilds_the_kept_epoch(tmp_path, granularity):
+    from seam.training import evaluate
+    from seam.artifact import build_reengineered, load_artifact, save_artifact
+    from seam.augment import Normalize
+
+    torch.manual_seed(0)
+    model = TinyNet(width=16).eval()
+    before = copy.deepcopy(model.state_dict())
+    data = tiny_target()
+    frozen = run(model, data, granularity=granularity, round_to=1)
+    assert frozen.weights is None  # lr_weights 0: the paper's frozen weights, nothing to store
+    tuned = run(model, data, granularity=granularity, round_to=1, lr_weights=0.01)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the given model untouched
+    assert set(tuned.weights) == {n for n, _ in model.named_parameters()}
+    assert any(not torch.equal(tuned.weights[n], p) for n, p in model.named_parameters())
+    assert [r["test_acc"] for r in tuned.history] != [r["test_acc"] for r in frozen.history]
+
+    meta = {"model": "tiny", "model_sha256": "ab" * 32, "num_outputs": 4, "search": {"granularity": granularity},
+            "target": {"name": "t", "kind": data.kind, "source_classes": [0], "class_names": data.class_names}}
+    path = tmp_path / "a.pt"
+    save_artifact(path, masks=tuned.masks, head=tuned.head, meta=meta, weights=tuned.weights)
+    rebuilt = build_reengineered(model, load_artifact(path))
+    accs = evaluate(rebuilt, data.eval_splits(), Normalize(MEAN, STD), torch.device("cpu"))
+    kept = tuned.history[tuned.selected_epoch]
+    assert accs == {"val": kept["val_acc"], "test": kept["test_acc"]}
+    for name, bits in tuned.masks.items():
+        assert torch.equal(rebuilt.original.get_parameter(name), tuned.weights[name] * bits)
