@@ -14,6 +14,11 @@ BASELINE_TARGET = "airplane"
 MAX_RETENTION = 0.25        # RQ1: weights kept
 MIN_FLOPS_REDUCTION = 0.60  # RQ2: fvcore FLOPs, non-zero weights only
 MIN_DEEPSPARSE_REDUCTION = 0.40  # RQ2: median of interleaved pairs
+# Channel granularity (issue 13): the same problem searched for whole channels; its compact
+# export must be 40% faster on the dense engines, onnxruntime against the original and torch
+# against the masked model (the original network's compute, with the head).
+CHANNEL_TARGET = "airplane_channel"
+MIN_DENSE_REDUCTION = 0.40
 
 
 def load(path: str) -> dict:
@@ -45,12 +50,20 @@ for name, t in rq2["targets"].items():
         failures.append(f"{name}: DeepSparse latency reduction {ds:.1%} < {MIN_DEEPSPARSE_REDUCTION:.0%}")
     if name == BASELINE_TARGET and t["flops_reduction"] < MIN_FLOPS_REDUCTION:
         failures.append(f"{name}: FLOPs reduction {t['flops_reduction']:.1%} < {MIN_FLOPS_REDUCTION:.0%}")
+    if name == CHANNEL_TARGET:
+        print(f"{name}: compact FLOPs {-t['flops_compact_reduction']:+.1%}, onnxruntime "
+              f"{-t['compact_ort_latency_reduction']:+.1%}, torch {-t['compact_torch_latency_reduction']:+.1%}")
+        for engine in ("compact_ort", "compact_torch"):
+            if t[f"{engine}_latency_reduction"] < MIN_DENSE_REDUCTION:
+                failures.append(f"{name}: {engine} latency reduction {t[f'{engine}_latency_reduction']:.1%} "
+                                f"< {MIN_DENSE_REDUCTION:.0%}")
     check = export["targets"][name]["compact_check"]
     if check["identical_predictions"] != check["test_images"]:
         failures.append(f"{name}: compact model differs from the masked one on "
                         f"{check['test_images'] - check['identical_predictions']} test images")
-if BASELINE_TARGET not in rq1["targets"]:
-    failures.append(f"the baseline target {BASELINE_TARGET!r} is not among the targets run")
+for required in (BASELINE_TARGET, CHANNEL_TARGET):
+    if required not in rq1["targets"]:
+        failures.append(f"the target {required!r} is not among the targets run")
 
 retraining = load("metrics/retraining.json")  # Table IV
 for name, t in retraining["targets"].items():

@@ -132,6 +132,7 @@ class BenchmarkParams(Section):
     warmup: NonNegativeInt = 20
     pairs: PositiveInt = 5
     num_cores: Optional[PositiveInt] = None
+    batch1: bool = True   # also time single images (batch 1), beside export.batch
 
 
 class FinetuneParams(Section):
@@ -208,7 +209,10 @@ class Params(Section):
     # checked against the dataset by seam.targets
     targets: Annotated[dict[str, Any], Field(min_length=1)] = {"airplane": {"binary": 0},
                                "vehicles": {"classes": ["airplane", "automobile", "ship", "truck"],
-                                            "train_per_class": 500}}
+                                            "train_per_class": 500},
+                               "airplane_channel": {"binary": 0, "reengineer": {
+                                   "granularity": "channel", "cost": "macs", "alpha": 2.0, "alpha_warmup": 10,
+                                   "lr_mask": 0.005, "lr_weights": 0.0005, "precision": "bf16"}}}
     prepare: PrepareParams = PrepareParams()
     reengineer: ReengineerParams = ReengineerParams()
     retrain: RetrainParams = RetrainParams()
@@ -221,7 +225,41 @@ class Params(Section):
         unknown = [t for t in self.retrain.targets if t not in self.targets]
         if unknown:
             raise ValueError(f"retrain.targets: {unknown} not in targets (known: {list(self.targets)})")
+        for name in self.targets:
+            self.search_settings(name)  # a bad per-target override fails here, before any stage runs
         return self
+
+    def search_settings(self, target: str) -> tuple[float, ReengineerParams]:
+        """(alpha, reengineer) for one target: the top-level ``alpha`` and ``reengineer`` section,
+        with the target's own ``reengineer:`` mapping (any of its keys, and ``alpha``) over them."""
+        spec = self.targets[target]
+        override = spec.get(TARGET_OVERRIDES) if isinstance(spec, dict) else None
+        if override is None:
+            return self.alpha, self.reengineer
+        where = f"targets.{target}.{TARGET_OVERRIDES}"
+        if not isinstance(override, dict) or not override:
+            raise ValueError(f"{where}: expected a mapping of reengineer keys (and alpha), got {override!r}")
+        override = dict(override)
+        try:
+            alpha = _Alpha.model_validate({"alpha": override.pop("alpha", self.alpha)}).alpha
+            return alpha, ReengineerParams.model_validate({**self.reengineer.model_dump(), **override})
+        except ValidationError as exc:
+            raise ValueError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors(include_url=False))) from None
+
+    def headline_targets(self) -> list[str]:
+        """The targets a metrics file's top-level means average: those searched with the
+        sections' own settings (every target, where each has its own). A target with its own
+        settings (another granularity, say) is reported on its own, under ``targets``."""
+        plain = [n for n, spec in self.targets.items() if not (isinstance(spec, dict) and TARGET_OVERRIDES in spec)]
+        return plain or list(self.targets)
+
+
+# a target's own search settings: targets.<name>.reengineer (keys of `reengineer`, and alpha)
+TARGET_OVERRIDES = "reengineer"
+
+
+class _Alpha(Section):
+    alpha: NonNegative
 
 
 def _describe(error: dict) -> str:

@@ -67,12 +67,18 @@ def rq1_frame(reengineering: dict, overhead: dict) -> pd.DataFrame:
             raise ReportError(f"metrics/overhead.json has no target {name!r} (re-run the RQ2 stages)")
         rows.append({
             "target": name, "model": reengineering["model"], "kind": kind_of(t["kind"]),
+            "granularity": t.get("granularity", "weight"),
             "weights_original": t["weights_total"], "weights_reengineered": t["weights_kept"],
             "acc_original": 100 * t["acc_original"], "acc_reengineered": 100 * t["acc_reengineered"],
             "flops_original": o["flops_original"], "flops_reengineered": o["flops_reengineered"],
             "ds_original": o.get("latency_ms_original", math.nan),
             "ds_reengineered": o.get("latency_ms_reengineered", math.nan),
             "ort_original": o["ort_latency_ms_original"], "ort_reengineered": o["ort_latency_ms_reengineered"],
+            "flops_compact": o["flops_compact"],
+            "compact_ort_original": o["compact_ort_latency_ms_original"],
+            "compact_ort": o["compact_ort_latency_ms_compact"],
+            "compact_torch_masked": o["compact_torch_latency_ms_masked"],
+            "compact_torch": o["compact_torch_latency_ms_compact"],
         })
     return pd.DataFrame(rows)
 
@@ -108,8 +114,8 @@ def _change(m: Measure, old: float, new: float) -> float:
 
 
 def rq1_tables(frame: pd.DataFrame, paper: dict) -> dict[Measure, tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per measure: (one row per model x kind, averaged over its targets, beside the paper's
-    row; one row per target)."""
+    """Per measure: (one row per model x kind x granularity, averaged over its targets, beside
+    the paper's row where the paper has one: weight granularity; one row per target)."""
     out = {}
     for m in MEASURES:
         col = _COLUMN[m.key]
@@ -120,13 +126,13 @@ def rq1_tables(frame: pd.DataFrame, paper: dict) -> dict[Measure, tuple[pd.DataF
         })
         per_target[m.label] = [_change(m, a, b) for a, b in zip(per_target["original"], per_target["re-engineered"])]
         grouped = []
-        for (model, kind), g in frame.groupby(["model", "kind"], sort=False):
+        for (model, kind, grain), g in frame.groupby(["model", "kind", "granularity"], sort=False):
             rows = per_target.loc[g.index]
             orig, new = rows["original"].mean(), rows["re-engineered"].mean()
             ours = _change(m, orig, new) if m.change == "increase" else rows[m.label].mean()
-            ref = _paper_row(paper["rq1"], model, kind)
+            ref = _paper_row(paper["rq1"], model, kind) if grain == "weight" else None
             p_orig, p_new, theirs = ref[m.key] if ref else (math.nan, math.nan, math.nan)
-            grouped.append({"model": model, "kind": kind, "targets": len(g), "original": orig,
+            grouped.append({"model": model, "kind": kind, "granularity": grain, "targets": len(g), "original": orig,
                             "re-engineered": new, m.label: ours, "paper row": ref["row"] if ref else "-",
                             "paper original": p_orig, "paper re-engineered": p_new, f"paper {m.label}": theirs,
                             "difference": ours - theirs})

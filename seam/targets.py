@@ -106,9 +106,9 @@ def _parse_one(name: str, spec: Any, raw: RawDataset, key: str) -> TargetSpec:
     if len(kinds) != 1:
         keys = list(spec) if isinstance(spec, dict) else spec
         raise TargetError(f"{where}: expected exactly one of {list(KINDS)} as key, got {keys!r}")
-    unknown = [k for k in spec if k not in KINDS and k not in CAPS]
+    unknown = [k for k in spec if k not in KINDS and k not in CAPS and k != "reengineer"]
     if unknown:
-        raise TargetError(f"{where}: unknown key(s) {unknown}; besides the kind only {list(CAPS)}")
+        raise TargetError(f"{where}: unknown key(s) {unknown}; besides the kind only {[*CAPS, 'reengineer']}")
     caps = {}
     for cap in CAPS:
         n = spec.get(cap)

@@ -1,22 +1,27 @@
 """DVC stage `benchmark`: latency (ms per batch) of the original vs the re-engineered models on
-DeepSparse and onnxruntime, and of the compact export on onnxruntime and PyTorch.
+DeepSparse and onnxruntime, and of the compact export on onnxruntime and PyTorch, at the
+export's batch (16, the paper's) and, with `benchmark.batch1`, for single images too.
 
 Each comparison runs the two models in turn (A B A B ...) and reports the median of the
-per-pair ratios; see `seam.latency`.
+per-pair ratios; see `seam.latency`. The batch-1 ONNX files are exported here, into a
+temporary directory, from the same models (and the same compaction) as the export stage's.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seam.atomic import write_json
+from seam.compact import compact
 from seam.errors import run_stage
+from seam.export import export_onnx
 from seam.exported import load_exported
-from seam.latency import EngineUnavailable, deepsparse_runner, engine_versions, interleaved, onnxruntime_runner
+from seam.latency import EngineUnavailable, deepsparse_pair, engine_versions, interleaved, onnxruntime_runner
 from seam.params import load_params
 from seam.pretrained import load_pretrained, load_reengineered
 
@@ -34,7 +39,7 @@ def torch_runner(model: torch.nn.Module):
 def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Path) -> None:
     params = load_params()
     batch = params.export.batch
-    cfg = params.benchmark.model_dump(exclude={"num_cores"})
+    cfg = params.benchmark.model_dump(exclude={"num_cores", "batch1"})
     cores = params.benchmark.num_cores
     cores_used = cores or os.cpu_count()
     torch.set_num_threads(cores_used)
@@ -44,30 +49,51 @@ def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Pa
 
     result = {"batch": batch, "cores": cores_used, **cfg, "engines": {**engine_versions(), "torch": torch.__version__},
               "targets": {}}
-    for name in params.targets:
-        original_onnx = export_dir / "original.onnx"
-        masked_onnx, compact_onnx = export_dir / f"{name}.onnx", export_dir / f"{name}.compact.onnx"
-        entry = {}
-        try:
-            entry["deepsparse"] = interleaved(deepsparse_runner(original_onnx, batch, cores),
-                                              deepsparse_runner(masked_onnx, batch, cores), x, **cfg).summary()
-        except EngineUnavailable as exc:
-            entry["deepsparse"] = f"unavailable: {exc}"
-        ort_original = onnxruntime_runner(original_onnx, batch, cores)
-        entry["onnxruntime"] = interleaved(ort_original, onnxruntime_runner(masked_onnx, batch, cores), x, **cfg).summary()
-        entry["compact_onnxruntime"] = interleaved(ort_original, onnxruntime_runner(compact_onnx, batch, cores), x,
-                                                   **cfg).summary()
-        masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
-        compacted = load_exported(export_dir / f"{name}.compact.pt2")
-        entry["compact_torch"] = interleaved(torch_runner(masked), torch_runner(compacted), x, **cfg).summary()
-        result["targets"][name] = entry
-        for engine, summary in entry.items():
-            if isinstance(summary, str):
-                print(f"{name} {engine}: {summary}")
-            else:
-                print(f"{name} {engine}: {summary['ms_a']:.2f} -> {summary['ms_b']:.2f} ms/batch "
-                      f"(median pair ratio {summary['ratio_median']:.3f}, reduction {summary['reduction']:.1%})")
+    single = params.benchmark.batch1 and batch != 1
+    with tempfile.TemporaryDirectory() as tmp:
+        one = dict(input_size=info.input_size, batch=1, opset=params.export.opset)
+        if single:
+            export_onnx(original, Path(tmp) / "original.onnx", **one)
+        example = torch.zeros(1, len(info.mean), info.input_size, info.input_size)
+        for name in params.targets:
+            masked = load_reengineered(reengineered_dir / f"{name}.pt", original, info)
+            compacted = load_exported(export_dir / f"{name}.compact.pt2")
+            entry = engines(export_dir, name, masked, compacted, x, batch, cores, cfg)
+            report(name, batch, entry)
+            if single:
+                export_onnx(masked, Path(tmp) / f"{name}.onnx", **one)
+                export_onnx(compact(masked, example)[0], Path(tmp) / f"{name}.compact.onnx", **one)
+                entry["batch1"] = engines(Path(tmp), name, masked, compacted, x[:1], 1, cores, cfg)
+                report(name, 1, entry["batch1"])
+            result["targets"][name] = entry
     write_json(result, out)
+
+
+def engines(onnx_dir: Path, name: str, masked, compacted, x: np.ndarray, batch: int, cores: int | None,
+            cfg: dict) -> dict:
+    """Each engine's interleaved comparison for one target at one batch size."""
+    original_onnx = onnx_dir / "original.onnx"
+    masked_onnx, compact_onnx = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}.compact.onnx"
+    entry = {}
+    try:
+        entry["deepsparse"] = deepsparse_pair(original_onnx, masked_onnx, x, batch=batch, num_cores=cores, **cfg)
+    except EngineUnavailable as exc:
+        entry["deepsparse"] = f"unavailable: {exc}"
+    ort_original = onnxruntime_runner(original_onnx, batch, cores)
+    entry["onnxruntime"] = interleaved(ort_original, onnxruntime_runner(masked_onnx, batch, cores), x, **cfg).summary()
+    entry["compact_onnxruntime"] = interleaved(ort_original, onnxruntime_runner(compact_onnx, batch, cores), x,
+                                               **cfg).summary()
+    entry["compact_torch"] = interleaved(torch_runner(masked), torch_runner(compacted), x, **cfg).summary()
+    return entry
+
+
+def report(name: str, batch: int, entry: dict) -> None:
+    for engine, summary in entry.items():
+        if isinstance(summary, str):
+            print(f"{name} {engine}, batch {batch}: {summary}")
+        elif isinstance(summary, dict) and "ms_a" in summary:
+            print(f"{name} {engine}, batch {batch}: {summary['ms_a']:.2f} -> {summary['ms_b']:.2f} ms/batch "
+                  f"(median pair ratio {summary['ratio_median']:.3f}, reduction {summary['reduction']:.1%})")
 
 
 if __name__ == "__main__":

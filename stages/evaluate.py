@@ -25,6 +25,7 @@ def evaluate_target(problem: TargetProblem, artifact: dict, original, info: Pret
     meta = artifact["meta"]
     return {
         "kind": problem.kind,
+        "granularity": meta["search"]["granularity"],
         "n_test": len(y),
         "acc_original": original_accuracy(logits_original, y, **rule),
         "acc_original_fair": original_accuracy(logits_original, y, **rule, fair=True),
@@ -47,15 +48,17 @@ def main(prepared_dir: Path, pretrained_dir: Path, reengineered_dir: Path, out: 
         for name in params.targets
     }
 
+    headline = params.headline_targets()
+
     def mean(key: str) -> float:
-        return sum(t[key] for t in per_target.values()) / len(per_target)
+        return sum(per_target[n][key] for n in headline) / len(headline)
 
     metrics = {
         "acc_original": mean("acc_original"),
         "acc_original_fair": mean("acc_original_fair"),
         "acc_reengineered": mean("acc_reengineered"),
         "weight_retention": mean("weight_retention"),
-        "n_targets": len(per_target),
+        "n_targets": len(headline),
         "model": info.name,
         "targets": per_target,
     }

@@ -19,7 +19,16 @@ ENGINES = {
 
 
 def target_metrics(flops: dict, latency: dict) -> dict:
+    """FLOPs and each engine's latency keys; those of single images (batch 1) prefixed ``b1_``."""
     out = dict(flops)
+    out.update(_latency(latency))
+    if "batch1" in latency:
+        out.update({f"b1_{k}": v for k, v in _latency(latency["batch1"]).items()})
+    return out
+
+
+def _latency(latency: dict) -> dict:
+    out = {}
     for prefix, (engine, a, b) in ENGINES.items():
         summary = latency[engine]
         if isinstance(summary, str):  # e.g. "unavailable: ..." — never a made-up figure
@@ -37,15 +46,16 @@ def target_metrics(flops: dict, latency: dict) -> dict:
 
 def main(flops_file: Path, latency_file: Path, out: Path) -> None:
     params = load_params()
-    names = list(params.targets)
+    names, headline = list(params.targets), params.headline_targets()
     flops, latency = json.loads(flops_file.read_text()), json.loads(latency_file.read_text())
     per_target = {n: target_metrics(flops["targets"][n], latency["targets"][n]) for n in names}
-    numeric = [k for k, v in per_target[names[0]].items()
-               if isinstance(v, (int, float)) and all(isinstance(t.get(k), (int, float)) for t in per_target.values())]
-    means = {k: sum(t[k] for t in per_target.values()) / len(per_target) for k in numeric}
+    first, rows = per_target[headline[0]], [per_target[n] for n in headline]
+    numeric = [k for k, v in first.items()
+               if isinstance(v, (int, float)) and all(isinstance(t.get(k), (int, float)) for t in rows)]
+    means = {k: sum(t[k] for t in rows) / len(rows) for k in numeric}
     # A reduction of means is not the mean of reductions; the top level reports the mean per-target figure.
-    unavailable = {k: v for k, v in per_target[names[0]].items() if isinstance(v, str)}
-    write_json({**means, **unavailable, "n_targets": len(names), "batch": latency["batch"], "cores": latency["cores"],
+    unavailable = {k: v for k, v in first.items() if isinstance(v, str)}
+    write_json({**means, **unavailable, "n_targets": len(headline), "batch": latency["batch"], "cores": latency["cores"],
                 "engines": latency["engines"], "targets": per_target}, out)
     print(json.dumps({k: round(v, 4) for k, v in means.items() if "reduction" in k}))
 

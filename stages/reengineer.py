@@ -28,8 +28,8 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     params = load_params()
     if target not in params.targets:
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
-    p = params.reengineer
-    config = SearchConfig(alpha=params.alpha, select_on=params.select_on, seed=params.seed,
+    alpha, p = params.search_settings(target)  # the target's own `reengineer:` keys over the section's
+    config = SearchConfig(alpha=alpha, select_on=params.select_on, seed=params.seed,
                           **p.model_dump(exclude={"early_stop"}))  # early_stop is the stopping rule's
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)

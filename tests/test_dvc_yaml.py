@@ -61,13 +61,21 @@ def test_every_stage_depends_on_the_code_it_runs():
         assert not extra, f"stage {name} lists {sorted(extra)} as deps but never imports them"
 
 
+# what the Params methods a stage may call read
+METHOD_READS = {"search_settings": {"alpha", "reengineer", "targets"}, "headline_targets": {"targets"}}
+
+
 def params_read(script: Path) -> set[str]:
-    """Key paths a stage reads from the params object: ``params.a.b`` -> ``a.b`` (a method call ends a path)."""
+    """Key paths a stage reads from the params object: ``params.a.b`` -> ``a.b`` (a method call ends a path;
+    ``params.method(...)`` reads what METHOD_READS says)."""
     text = script.read_text()
     read = set()
     for m in re.finditer(r"\bparams((?:\.(?!yaml\b)\w+)+)", text):
         parts = m.group(1).lstrip(".").split(".")
         if text[m.end():m.end() + 1] == "(":
+            if len(parts) == 1:
+                read |= METHOD_READS[parts[0]]
+                continue
             parts = parts[:-1]
         read.add(".".join(parts))
     return read

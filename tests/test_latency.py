@@ -1,4 +1,5 @@
 import builtins
+import os
 
 import numpy as np
 import pytest
@@ -49,3 +50,13 @@ def test_deepsparse_compile_failure_is_engine_unavailable(tmp_path):
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(EngineUnavailable, match="could not compile"):
         deepsparse_runner(bad, 16)
+
+
+def test_an_engine_run_apart_gives_its_value_its_error_or_unavailable_if_it_dies():
+    from seam.latency import in_subprocess
+
+    assert in_subprocess(max, 1, 2) == 2
+    with pytest.raises(ValueError, match="invalid literal"):
+        in_subprocess(int, "x")
+    with pytest.raises(EngineUnavailable, match=r"abort crashed \(exit code -6\)"):  # as DeepSparse 1.8 may
+        in_subprocess(os.abort)

@@ -119,5 +119,32 @@ def test_retrain_targets_must_be_targets(tmp_path):
     raw["retrain"]["targets"] = ["vehicles", "nosuch"]
     file.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"params.yaml: retrain.targets: \['nosuch'\] not in targets \(known: "
-                                          r"\['airplane', 'vehicles'\]\)"):
+                                          r"\['airplane', 'airplane_channel', 'vehicles'\]\)"):
         load_params(file)
+
+
+def test_a_target_may_carry_its_own_search_settings(tmp_path):
+    file = tmp_path / "params.yaml"
+    raw = with_value("targets.cat", {"binary": 3, "reengineer": {"granularity": "channel", "alpha": 2, "lr_mask": 0.005}})
+    file.write_text(yaml.safe_dump(raw))
+    params = load_params(file)
+    alpha, own = params.search_settings("cat")
+    assert alpha == 2 and own.granularity == "channel" and own.lr_mask == 0.005
+    assert own.max_epochs == params.reengineer.max_epochs  # every other key from the section
+    assert params.search_settings("airplane") == (params.alpha, params.reengineer)
+    assert "cat" not in params.headline_targets() and "airplane" in params.headline_targets()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"granularity": "filter"}, "targets.cat.reengineer: granularity: Input should be 'weight' or 'channel'"),
+    ({"lr_mask": -1}, "targets.cat.reengineer: lr_mask: Input should be greater than 0"),
+    ({"alpha": True}, "targets.cat.reengineer: alpha: Input should be a valid number"),
+    ({"lr_maks": 0.1}, "targets.cat.reengineer: lr_maks: unknown key"),
+    ({}, "targets.cat.reengineer: expected a mapping of reengineer keys (and alpha), got {}"),
+])
+def test_a_bad_per_target_setting_names_its_key(tmp_path, override, message):
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(with_value("targets.cat", {"binary": 3, "reengineer": override})))
+    with pytest.raises(ParamsError) as info:
+        load_params(file)
+    assert message in str(info.value)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from seam.artifact import load_artifact
 
 CLASSES = ("airplane", "automobile", "bird")
 N_TRAIN, N_TEST = 24, 8
@@ -63,7 +64,10 @@ def pipeline(tmp_path_factory):
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"] = {"name": "imagefolder", "source": str(root / "tiny"), "sha256": None}
-    params["targets"] = {"airplane": "binary", "trio": {"classes": [0, 1, 2]}}  # a short form and an explicit one
+    params["targets"] = {"airplane": "binary", "trio": {"classes": [0, 1, 2]},  # a short form and an explicit one
+                         # and one with search settings of its own: channels, tuned weights
+                         "plane_ch": {"binary": "airplane", "reengineer": {"granularity": "channel", "alpha": 2,
+                                                                           "lr_weights": 0.01}}}
     params["prepare"]["val_fraction"] = 0.25
     params["device"] = "cpu"
     params["reengineer"].update(max_epochs=4, batch_size=8, lr_mask=0.1)
@@ -93,13 +97,20 @@ def pipeline(tmp_path_factory):
 def test_repro_writes_metrics_plots_and_artifacts(pipeline):
     repo = pipeline["repo"]
     metrics = json.loads((repo / "metrics/reengineering.json").read_text())
-    assert metrics["n_targets"] == 2 and set(metrics["targets"]) == {"airplane", "trio"}
+    assert set(metrics["targets"]) == {"airplane", "trio", "plane_ch"}
+    # the top-level means are the section's own searches; plane_ch (its own settings) only stands alone
+    assert metrics["n_targets"] == 2
+    assert metrics["acc_reengineered"] == pytest.approx(sum(metrics["targets"][n]["acc_reengineered"]
+                                                            for n in ("airplane", "trio")) / 2)
+    assert [metrics["targets"][n]["granularity"] for n in ("airplane", "plane_ch")] == ["weight", "channel"]
+    assert load_artifact(repo / "models/reengineered/plane_ch.pt")["weights"] is not None  # lr_weights > 0
+    assert load_artifact(repo / "models/reengineered/airplane.pt")["weights"] is None
     for key in ("acc_original", "acc_reengineered", "weight_retention"):
         assert 0.0 <= metrics[key] <= 1.0
     trio = metrics["targets"]["trio"]
     assert trio["acc_original_fair"] >= trio["acc_original"]  # the fair rule only removes wrong answers
     assert metrics["targets"]["airplane"]["weights_total"] == 268_346  # ResNet20: 267,696 conv weights + 650 linear weights and biases
-    for name in ("airplane", "trio"):
+    for name in ("airplane", "trio", "plane_ch"):
         assert (repo / f"models/reengineered/{name}.pt").exists()
         log = (repo / f"plots/reengineer/{name}.csv").read_text().splitlines()
         assert log[0].startswith("epoch,phase,loss,ce") and len(log) == 5  # header + 4 epochs
@@ -118,10 +129,14 @@ def test_overhead_metrics_are_well_formed(pipeline):
     for prefix in ("ort_", "compact_ort_"):
         assert metrics[f"{prefix}latency_ms_original"] > 0 and -10 < metrics[f"{prefix}latency_reduction"] < 1
     assert metrics["compact_torch_latency_ms_masked"] > 0 and metrics["compact_torch_latency_ms_compact"] > 0
+    for prefix in ("", "b1_"):  # batch 16 and, with benchmark.batch1, single images
+        assert metrics[f"{prefix}compact_ort_latency_ms_compact"] > 0 and metrics[f"{prefix}ort_latency_ms_original"] > 0
+    assert metrics["b1_ort_latency_ms_original"] < metrics["ort_latency_ms_original"]  # one image, not 16
     ds = metrics["engines"]["deepsparse"]
     assert ("latency_ms_original" in metrics) != ds.startswith("unavailable")  # a figure, or the reason why not
+    assert set(metrics["targets"]) == {"airplane", "trio", "plane_ch"}
     export = json.loads((repo / "results/export.json").read_text())
-    for name in ("airplane", "trio"):
+    for name in ("airplane", "trio", "plane_ch"):
         for check in ("compact_check", "standalone_check"):
             check = export["targets"][name][check]
             assert check["identical_predictions"] == check["test_images"] > 0

@@ -18,22 +18,25 @@ from seam.report import MEASURES, ReportError, load_paper, markdown, rq1_frame, 
 PAPER = load_paper(REPO / "reference" / "paper.yaml")
 
 
-def target(kind, kept, acc_o, acc_r, total=268_346):
-    return {"kind": kind, "n_test": 100, "acc_original": acc_o, "acc_original_fair": acc_o, "acc_reengineered": acc_r,
+def target(kind, kept, acc_o, acc_r, total=268_346, granularity="weight"):
+    return {"kind": kind, "granularity": granularity, "n_test": 100, "acc_original": acc_o, "acc_original_fair": acc_o, "acc_reengineered": acc_r,
             "weights_kept": kept, "weights_total": total, "weight_retention": kept / total, "selected_epoch": 3,
             "epochs_run": 5, "reached_original_acc": True}
 
 
-def latency(flops_r, ds_o, ds_r, ort_o, ort_r):
+def latency(flops_r, ds_o, ds_r, ort_o, ort_r, flops_c=36_000_000, compact=(3.2, 5.9, 6.1, 7.2)):
     return {"flops_original": 40_931_968, "flops_reengineered": flops_r, "latency_ms_original": ds_o,
-            "latency_ms_reengineered": ds_r, "ort_latency_ms_original": ort_o, "ort_latency_ms_reengineered": ort_r}
+            "latency_ms_reengineered": ds_r, "ort_latency_ms_original": ort_o, "ort_latency_ms_reengineered": ort_r,
+            "flops_compact": flops_c, **dict(zip(("compact_ort_latency_ms_original", "compact_ort_latency_ms_compact",
+                                                   "compact_torch_latency_ms_masked", "compact_torch_latency_ms_compact"),
+                                                  compact))}
 
 
 REENGINEERING = {"model": "resnet20", "targets": {
     "airplane": target("binary", 44_909, 0.868, 0.912),
     "ship": target("binary", 60_000, 0.90, 0.93),
     "vehicles": target("classes", 126_641, 0.849, 0.9035)}}
-OVERHEAD = {"cores": 2, "engines": {"deepsparse": "1.8.0", "onnxruntime": "1.20.1"}, "targets": {
+OVERHEAD = {"cores": 2, "batch": 16, "engines": {"deepsparse": "1.8.0", "onnxruntime": "1.20.1"}, "targets": {
     "airplane": latency(10_384_611, 5.0, 1.2, 3.1, 3.1),
     "ship": latency(12_000_000, 5.0, 1.5, 3.0, 3.2),
     "vehicles": latency(20_000_000, 5.0, 2.5, 3.0, 3.0)}}
@@ -65,6 +68,19 @@ def test_rq1_tables_average_per_model_and_kind_beside_the_paper_row():
     binary = tables[acc][0].set_index("kind").loc["binary"]
     assert binary["increase (points)"] == pytest.approx(100 * ((0.912 + 0.93) / 2 - (0.868 + 0.90) / 2))
     assert binary["paper increase (points)"] == 0.17
+
+
+def test_another_granularity_is_its_own_row_without_a_paper_row():
+    rq1 = {**REENGINEERING, "targets": {**REENGINEERING["targets"],
+                                        "airplane_channel": target("binary", 143_930, 0.868, 0.901, granularity="channel")}}
+    rq2 = {**OVERHEAD, "targets": {**OVERHEAD["targets"], "airplane_channel": latency(
+        22_350_000, 5.3, 6.2, 3.2, 3.2, flops_c=4_800_000, compact=(3.2, 0.9, 6.3, 2.0))}}
+    grouped, _ = rq1_tables(rq1_frame(rq1, rq2), PAPER)[next(m for m in MEASURES if m.key == "weights")]
+    rows = grouped.set_index(["kind", "granularity"])
+    assert rows.loc[("binary", "weight"), "targets"] == 2 and rows.loc[("binary", "weight"), "paper row"] != "-"
+    channel = rows.loc[("binary", "channel")]
+    assert channel["targets"] == 1 and channel["paper row"] == "-" and pd.isna(channel["paper reduction (%)"])
+    assert channel["re-engineered"] == pytest.approx(0.14393)
 
 
 def test_markdown_rounds_and_marks_missing():
@@ -126,6 +142,8 @@ def test_report_numbers_are_the_metrics_numbers(run_dir):
     assert airplane[1] == ["airplane", "binary", "86.80", "91.20", "4.40"]
     # Table VI: DeepSparse ms/batch
     assert airplane[3] == ["airplane", "binary", "5.00", "1.20", "76.00"]
+    # dense engines: onnxruntime masked and compact vs the original, torch compact vs masked
+    assert airplane[4] == ["airplane", "weight", "3.10", "3.10", "36.00", "3.20", "5.90", "6.10", "7.20"]
     # Table IV and RQ3
     vehicles = table_rows(page, "vehicles")[-1]
     assert vehicles[:6] == ["vehicles", "4", "2000", "79.2", "90.3", "11.1"]

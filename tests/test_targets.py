@@ -73,6 +73,9 @@ def test_parse_all_kinds() -> None:
     assert problems[2] == TargetSpec("sub", "classes", [4, 0, 2], ["e", "a", "c"])
     assert problems[3] == TargetSpec("super1", "superclass", [2, 3, 4], ["c", "d", "e"])
     assert problems[4].source_classes == [0, 1]
+    # a target's own search settings (checked by the params schema) leave the problem as it is
+    assert parse_targets({"b": {"binary": 2, "reengineer": {"granularity": "channel"}}}, raw)[0] == \
+        TargetSpec("b", "binary", [2], ["c", "not c"])
     assert parse_targets({}, raw) == []
 
 
