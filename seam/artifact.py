@@ -74,13 +74,11 @@ def content_digest(content: dict[str, Any]) -> str:
     masks = content["masks"]
     h.update(json.dumps([masks["names"], masks["shapes"], masks["count"]]).encode())
     h.update(masks["bits"].numpy().tobytes())
-    for part in ("head", "weights"):
-        if part == "weights" and part not in content:
-            continue  # an artifact of frozen weights has the digest it always had
-        for name in sorted(content[part]):
+    # head entries hash as they always did, so an artifact of frozen weights keeps its digest
+    for part, prefix in (("head", ""), ("weights", "weights/")):
+        for name in sorted(content.get(part, {})):
             t = content[part][name].contiguous()
-            h.update(f"{part}/{name}:{t.dtype}:{list(t.shape)}".encode() if part == "weights" else
-                     f"{name}:{t.dtype}:{list(t.shape)}".encode())
+            h.update(f"{prefix}{name}:{t.dtype}:{list(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

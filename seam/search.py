@@ -79,7 +79,8 @@ def search(
     """Search a mask over ``original``'s conv/linear tensors for ``problem``.
 
     ``original`` is not modified: the search works on a deep copy whose original weights
-    are frozen. ``stop`` builds the stopping rule from the original model's accuracy on the
+    are frozen (with ``config.lr_weights`` > 0 they train in joint epochs; the selected
+    epoch's come back in ``SearchResult.weights``). ``stop`` builds the stopping rule from the original model's accuracy on the
     selection split (``AccuracyTarget.factory(early_stop)`` or
     ``RemovalThreshold.factory(t)``). ``on_epoch`` receives each epoch's log row as soon as
     it exists.

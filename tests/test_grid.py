@@ -112,7 +112,7 @@ def test_seam_targets_adds_a_binary_grid_keeping_the_file(tmp_path: Path) -> Non
     assert dry.exit_code == 0 and dry.output == "cat: {binary: cat}\ndog: {binary: dog}\n"
     assert params.read_text() == before
     listed = CliRunner().invoke(app, [*args, "--names"])
-    assert listed.exit_code == 0 and listed.output == "airplane\nvehicles\n"
+    assert listed.exit_code == 0 and listed.output == "airplane\nvehicles\nairplane_channel\n"
 
     run = CliRunner().invoke(app, [*args, "--binary", "all"])
     assert run.exit_code == 0, run.output
@@ -120,7 +120,7 @@ def test_seam_targets_adds_a_binary_grid_keeping_the_file(tmp_path: Path) -> Non
     # existing entries, their comments and every other line stay as they were
     added = [line for line in after.splitlines() if line not in before.splitlines()]
     assert added == [f"  {c}: binary" for c in CIFAR10_CLASSES if c != "airplane"]
-    assert list(load_params(params).targets) == ["airplane", "vehicles", *CIFAR10_CLASSES[1:]]
+    assert list(load_params(params).targets) == ["airplane", "vehicles", "airplane_channel", *CIFAR10_CLASSES[1:]]
 
     # --only would drop `vehicles`, which retrain.targets names: refused, nothing written
     bad = CliRunner().invoke(app, [*args, "--binary", "cat", "--only"])
@@ -179,4 +179,5 @@ def test_a_written_grid_is_one_dvc_stage_per_target(tmp_path: Path) -> None:
     listed = subprocess.run(dvc + ["stage", "list", "--name-only"], cwd=tmp_path, check=True, capture_output=True,
                             text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
     assert [s for s in listed if s.startswith("reengineer@")] == [f"reengineer@{t}" for t in
-                                                                   ["airplane", "vehicles", *CIFAR10_CLASSES[1:]]]
+                                                                   ["airplane", "vehicles", "airplane_channel",
+                                                                    *CIFAR10_CLASSES[1:]]]
