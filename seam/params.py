@@ -232,8 +232,7 @@ class Params(Section):
     def search_settings(self, target: str) -> tuple[float, ReengineerParams]:
         """(alpha, reengineer) for one target: the top-level ``alpha`` and ``reengineer`` section,
         with the target's own ``reengineer:`` mapping (any of its keys, and ``alpha``) over them."""
-        spec = self.targets[target]
-        override = spec.get(TARGET_OVERRIDES) if isinstance(spec, dict) else None
+        override = self._own_settings(target)
         if override is None:
             return self.alpha, self.reengineer
         where = f"targets.{target}.{TARGET_OVERRIDES}"
@@ -250,8 +249,12 @@ class Params(Section):
         """The targets a metrics file's top-level means average: those searched with the
         sections' own settings (every target, where each has its own). A target with its own
         settings (another granularity, say) is reported on its own, under ``targets``."""
-        plain = [n for n, spec in self.targets.items() if not (isinstance(spec, dict) and TARGET_OVERRIDES in spec)]
+        plain = [n for n in self.targets if self._own_settings(n) is None]
         return plain or list(self.targets)
+
+    def _own_settings(self, target: str) -> Any:
+        spec = self.targets[target]
+        return spec.get(TARGET_OVERRIDES) if isinstance(spec, dict) else None
 
 
 # a target's own search settings: targets.<name>.reengineer (keys of `reengineer`, and alpha)

@@ -91,7 +91,7 @@ def report(name: str, batch: int, entry: dict) -> None:
     for engine, summary in entry.items():
         if isinstance(summary, str):
             print(f"{name} {engine}, batch {batch}: {summary}")
-        elif isinstance(summary, dict) and "ms_a" in summary:
+        else:
             print(f"{name} {engine}, batch {batch}: {summary['ms_a']:.2f} -> {summary['ms_b']:.2f} ms/batch "
                   f"(median pair ratio {summary['ratio_median']:.3f}, reduction {summary['reduction']:.1%})")
 
