@@ -76,7 +76,7 @@ def rq1_frame(reengineering: dict, overhead: dict) -> pd.DataFrame:
             "ort_original": o["ort_latency_ms_original"], "ort_reengineered": o["ort_latency_ms_reengineered"],
             "flops_compact": o["flops_compact"],
             "compact_ort_original": o["compact_ort_latency_ms_original"],
-            "compact_ort": o["compact_ort_latency_ms_compact"],
+            "compact_ort_reengineered": o["compact_ort_latency_ms_compact"],
             "compact_torch_masked": o["compact_torch_latency_ms_masked"],
             "compact_torch": o["compact_torch_latency_ms_compact"],
         })
