@@ -121,7 +121,7 @@ def deepsparse_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, x: np.
 
 
 def _deepsparse_pair(path_a, path_b, x, batch, num_cores, timing) -> dict:
-    # an unpickled array's dtype is equal to, but not, the float32 singleton DeepSparse checks for
+    # DeepSparse refused the array as it arrives through the pipe ('unsupported type float32'); a fresh copy runs
     x = np.ascontiguousarray(x).astype(np.float32)
     return interleaved(deepsparse_runner(path_a, batch, num_cores), deepsparse_runner(path_b, batch, num_cores), x,
                        **timing).summary()
