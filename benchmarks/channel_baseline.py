@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from seam.artifact import build_reengineered, load_artifact
-from seam.augment import Normalize
-from seam.candidate import ReengineeredModel
-from seam.granularity import ChannelGranularity
-from seam.masking import mask_scores, own_parameters
-from seam.pretrained import load_pretrained
-from seam.problem import TargetProblem
-from seam.structured import group_keep, l1_importance, l1_keep_like
-from seam.training import evaluate, train_epoch
+from seam.data.augment import Normalize
+from seam.data.problem import TargetProblem
+from seam.models.masks import mask_scores, own_parameters
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.artifact import build_reengineered, load_artifact
+from seam.reengineer.baseline import group_keep, l1_importance, l1_keep_like
+from seam.reengineer.candidate import ReengineeredModel
+from seam.reengineer.granularity import ChannelGranularity
+from seam.reengineer.loop import evaluate, train_epoch
 
 
 def main() -> None:

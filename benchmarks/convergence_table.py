@@ -24,7 +24,7 @@ import tempfile
 import dvc.api
 from dvc.exceptions import DvcException
 
-from seam.artifact import load_artifact
+from seam.reengineer.artifact import load_artifact
 
 KNOBS = ("alpha", "reengineer.")   # the params a search study varies
 

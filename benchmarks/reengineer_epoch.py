@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from seam.datasets import download_dataset, load_dataset
-from seam.device import resolve_device
-from seam.params import DatasetParams
-from seam.problem import TargetProblem
-from seam.registry import get_spec, load_model
-from seam.search import SearchConfig, search
-from seam.selection import AccuracyTarget
-from seam.targets import build_target, parse_targets
+from seam.core.device import resolve_device
+from seam.core.params import DatasetParams
+from seam.data.problem import TargetProblem
+from seam.data.sources import download_dataset, load_dataset
+from seam.data.targets import build_target, parse_targets
+from seam.models.registry import get_spec, load_model
+from seam.reengineer.search import SearchConfig, search
+from seam.reengineer.stopping import AccuracyTarget
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import typer
 
-from seam.errors import SeamError, one_line_errors
+from seam.core.errors import SeamError, one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -23,7 +23,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
 @command
 def models() -> None:
     """List the pretrained models the registry knows."""
-    from seam.registry import REGISTRY
+    from seam.models.registry import REGISTRY
 
     for spec in REGISTRY.values():
         digest = spec.sha256[:16] if spec.sha256 else f"{spec.sha256_prefix}… (prefix)"
@@ -37,7 +37,7 @@ def fetch(
     mirror: Optional[str] = typer.Option(None, help="directory or file holding the upstream file (offline)"),
 ) -> None:
     """Download (or copy from a mirror) a pretrained checkpoint, verifying its hash."""
-    from seam.fetch import fetch_model
+    from seam.models.fetch import fetch_model
 
     typer.echo(fetch_model(name, dest, mirror=mirror))
 
@@ -51,10 +51,10 @@ def info(
     verifying its content, and the checkpoint it needs where that folder exists."""
     import json
 
-    from seam.artifact import load_artifact
-    from seam.download import cached_sha256
-    from seam.masking import count_kept
-    from seam.pretrained import PretrainedModel
+    from seam.core.download import cached_sha256
+    from seam.models.masks import count_kept
+    from seam.models.pretrained import PretrainedModel
+    from seam.reengineer.artifact import load_artifact
 
     art = load_artifact(artifact)  # refuses an altered file
     meta = art["meta"]
@@ -101,10 +101,10 @@ def targets(
     """
     import yaml
 
-    from seam.datasets import dataset_classes
-    from seam.params import load_params
-    from seam.paramsfile import update_params
-    from seam.targets import expand_short, target_grid
+    from seam.core.params import load_params
+    from seam.core.paramsfile import update_params
+    from seam.data.sources import dataset_classes
+    from seam.data.targets import expand_short, target_grid
 
     current = load_params(params)
     grid: dict[str, str] = {}
@@ -136,7 +136,7 @@ def profile(
     folder: Path = typer.Option(Path("profiles"), help="where the profiles live"),
 ) -> None:
     """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them."""
-    from seam.paramsfile import read_yaml, update_params
+    from seam.core.paramsfile import read_yaml, update_params
 
     files = sorted(folder.glob("*.yaml"))
     if name is None:
@@ -166,7 +166,7 @@ def predict(
 
     from tqdm.auto import tqdm
 
-    from seam.predict import image_files, load_classifier, predict_files
+    from seam.deploy.predict import image_files, load_classifier, predict_files
 
     clf = load_classifier(model, pretrained)
     files = image_files(images)

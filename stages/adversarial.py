@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.adversarial import feature_extractor, generate_adversarial
-from seam.atomic import save_torch
-from seam.device import resolve_device
-from seam.errors import run_stage
-from seam.params import load_params
-from seam.pretrained import check_images, load_pretrained
-from seam.problem import TargetProblem
+from seam.core.atomic import save_torch
+from seam.core.device import resolve_device
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import check_images, load_pretrained
+from seam.reuse.attack import feature_extractor, generate_adversarial
 
 
 def main(problem_file: Path, pretrained_dir: Path, out: Path) -> None:

@@ -3,7 +3,7 @@ DeepSparse and onnxruntime, and of the compact export on onnxruntime and PyTorch
 export's batch (16, the paper's) and, with `benchmark.batch1`, for single images too.
 
 Each comparison runs the two models in turn (A B A B ...) and reports the median of the
-per-pair ratios; see `seam.latency`. The batch-1 ONNX files are exported here, into a
+per-pair ratios; see `seam.deploy.latency`. The batch-1 ONNX files are exported here, into a
 temporary directory, from the same models (and the same compaction) as the export stage's.
 """
 
@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seam.atomic import write_json
 from seam.compact import compact
-from seam.errors import run_stage
-from seam.export import export_onnx
-from seam.exported import load_exported
-from seam.latency import EngineUnavailable, deepsparse_pair, engine_versions, interleaved, onnxruntime_runner
-from seam.params import load_params
-from seam.pretrained import load_pretrained, load_reengineered
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.deploy.latency import EngineUnavailable, deepsparse_pair, engine_versions, interleaved, onnxruntime_runner
+from seam.deploy.onnx import export_onnx
+from seam.models.archive import load_exported
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.artifact import load_reengineered
 
 
 def torch_runner(model: torch.nn.Module):

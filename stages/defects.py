@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from seam.accuracy import predict
-from seam.adversarial import defect_metrics
-from seam.atomic import write_json
-from seam.augment import Normalize
-from seam.errors import run_stage
-from seam.params import load_params
-from seam.pretrained import load_pretrained
-from seam.problem import TargetProblem
-from seam.reuse import load_finetuned
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.augment import Normalize
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.accuracy import predict
+from seam.reuse.attack import defect_metrics
+from seam.reuse.flows import load_finetuned
 
 FLOWS = ("standard", "remos", "seam")
 

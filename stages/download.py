@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.datasets import download_dataset
-from seam.errors import run_stage
-from seam.params import load_params
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.sources import download_dataset
 
 
 def main(out: Path) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.accuracy import accuracy, original_accuracy, predict
-from seam.artifact import build_reengineered, load_artifact
-from seam.atomic import write_json
-from seam.augment import Normalize
-from seam.errors import run_stage
-from seam.masking import count_kept
-from seam.params import load_params
-from seam.pretrained import PretrainedModel, load_pretrained
-from seam.problem import TargetProblem
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.augment import Normalize
+from seam.data.problem import TargetProblem
+from seam.models.masks import count_kept
+from seam.models.pretrained import PretrainedModel, load_pretrained
+from seam.reengineer.accuracy import accuracy, original_accuracy, predict
+from seam.reengineer.artifact import build_reengineered, load_artifact
 
 
 def evaluate_target(problem: TargetProblem, artifact: dict, original, info: PretrainedModel) -> dict:

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import torch
 
-from seam.accuracy import predict
-from seam.atomic import write_json
-from seam.augment import Normalize
 from seam.compact import CompactError, compact
-from seam.errors import run_stage
-from seam.export import export_onnx
-from seam.exported import load_exported, save_exported
-from seam.params import load_params
-from seam.pretrained import load_pretrained, load_reengineered
-from seam.problem import TargetProblem
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.augment import Normalize
+from seam.data.problem import TargetProblem
+from seam.deploy.onnx import export_onnx
+from seam.models.archive import load_exported, save_exported
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.accuracy import predict
+from seam.reengineer.artifact import load_reengineered
 
 
 def check_same(masked, other, problem: TargetProblem, normalize, what: str, atol: float = 1e-4) -> dict:

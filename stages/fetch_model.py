@@ -8,10 +8,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from seam.errors import run_stage
-from seam.fetch import fetch_pretrained
-from seam.params import load_params
-from seam.pretrained import FILES, save_pretrained
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.models.fetch import fetch_pretrained
+from seam.models.pretrained import FILES, save_pretrained
 
 
 def main(out: Path) -> None:

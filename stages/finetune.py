@@ -11,17 +11,17 @@ from pathlib import Path
 
 import typer
 
-from seam.atomic import write_csv
-from seam.device import resolve_device
-from seam.errors import run_stage
-from seam.finetune import FinetuneConfig
-from seam.params import load_params
-from seam.pretrained import check_images, load_pretrained
-from seam.problem import TargetProblem
-from seam.remos import remos_flow
-from seam.resume import ResumeFile
-from seam.reuse import save_finetuned, seam_flow, standard
-from seam.search import SearchConfig
+from seam.core.atomic import write_csv
+from seam.core.device import resolve_device
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.core.resume import ResumeFile
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import check_images, load_pretrained
+from seam.reengineer.search import SearchConfig
+from seam.reuse.finetune import FinetuneConfig
+from seam.reuse.flows import save_finetuned, seam_flow, standard
+from seam.reuse.remos import remos_flow
 
 
 class Flow(str, Enum):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.atomic import write_json
-from seam.errors import run_stage
-from seam.exported import load_exported
-from seam.flops import count_flops, count_weights
-from seam.params import load_params
-from seam.pretrained import load_pretrained, load_reengineered
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.deploy.flops import count_flops, count_weights
+from seam.models.archive import load_exported
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.artifact import load_reengineered
 
 
 def main(pretrained_dir: Path, reengineered_dir: Path, export_dir: Path, out: Path) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seam.atomic import write_json
-from seam.errors import run_stage
-from seam.params import load_params
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
 
 # metrics key prefix -> (engine entry in latency.json, what A and B are)
 ENGINES = {

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from seam.atomic import write_json
-from seam.datasets import RawDataset, load_dataset
-from seam.errors import run_stage
-from seam.params import load_params
-from seam.targets import build_target, parse_targets
+from seam.core.atomic import write_json
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.sources import RawDataset, load_dataset
+from seam.data.targets import build_target, parse_targets
 
 
 def class_counts(raw: RawDataset) -> dict:

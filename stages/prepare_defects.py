@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.datasets import load_dataset
-from seam.errors import run_stage
-from seam.params import load_params
-from seam.targets import build_target, parse_target
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.data.sources import load_dataset
+from seam.data.targets import build_target, parse_target
 
 
 def main(raw_dir: Path, out: Path) -> None:

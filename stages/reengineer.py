@@ -10,16 +10,16 @@ from pathlib import Path
 import torch
 import typer
 
-from seam.artifact import save_artifact
-from seam.atomic import write_csv, write_json
-from seam.device import resolve_device
-from seam.errors import run_stage
-from seam.params import ParamsError, load_params
-from seam.pretrained import load_pretrained
-from seam.problem import TargetProblem
-from seam.resume import ResumeFile
-from seam.search import SearchConfig, search
-from seam.selection import AccuracyTarget
+from seam.core.atomic import write_csv, write_json
+from seam.core.device import resolve_device
+from seam.core.errors import run_stage
+from seam.core.params import ParamsError, load_params
+from seam.core.resume import ResumeFile
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.artifact import save_artifact
+from seam.reengineer.search import SearchConfig, search
+from seam.reengineer.stopping import AccuracyTarget
 
 
 def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,

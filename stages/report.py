@@ -10,12 +10,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from seam import figures
-from seam.atomic import write_csv
-from seam.errors import run_stage
-from seam.params import Params, load_params
-from seam.report import (MEASURES, ReportError, defects_table, load_paper, markdown, read_logs, retraining_table,
-                         rq1_frame, rq1_tables)
+from seam.core.atomic import write_csv
+from seam.core.errors import run_stage
+from seam.core.params import Params, load_params
+from seam.report import figures
+from seam.report.tables import (
+    MEASURES,
+    ReportError,
+    defects_table,
+    load_paper,
+    markdown,
+    read_logs,
+    retraining_table,
+    rq1_frame,
+    rq1_tables,
+)
 
 PAPER_EPOCHS = 300  # the release's search and retraining bound (SEAM-METHOD.md)
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from seam.atomic import write_csv, write_json
-from seam.device import resolve_device
-from seam.errors import run_stage
-from seam.finetune import FinetuneConfig
-from seam.params import load_params
-from seam.pretrained import check_images, load_pretrained
-from seam.problem import TargetProblem
-from seam.resume import ResumeFile
-from seam.reuse import save_finetuned, standard
+from seam.core.atomic import write_csv, write_json
+from seam.core.device import resolve_device
+from seam.core.errors import run_stage
+from seam.core.params import load_params
+from seam.core.resume import ResumeFile
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import check_images, load_pretrained
+from seam.reuse.finetune import FinetuneConfig
+from seam.reuse.flows import save_finetuned, standard
 
 
 def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seam.accuracy import accuracy, predict
-from seam.atomic import write_json
-from seam.augment import Normalize
-from seam.errors import SeamError, run_stage
-from seam.params import load_params
-from seam.pretrained import load_pretrained
-from seam.problem import TargetProblem
-from seam.reuse import load_finetuned
+from seam.core.atomic import write_json
+from seam.core.errors import SeamError, run_stage
+from seam.core.params import load_params
+from seam.data.augment import Normalize
+from seam.data.problem import TargetProblem
+from seam.models.pretrained import load_pretrained
+from seam.reengineer.accuracy import accuracy, predict
+from seam.reuse.flows import load_finetuned
 
 
 def _seconds(path: Path) -> float:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.atomic import write_text
-from seam.errors import run_stage
-from seam.params import load_params
+from seam.core.atomic import write_text
+from seam.core.errors import run_stage
+from seam.core.params import load_params
 
 
 def main(params_file: Path, out: Path) -> None:

@@ -45,7 +45,7 @@ def tiny_target(n_train: int = 64, n_val: int = 32, n_test: int = 32, size: int 
         return x.to(torch.uint8), y
 
     (trx, try_), (vx, vy), (tx, ty) = split(n_train), split(n_val), split(n_test)
-    from seam.problem import TargetProblem
+    from seam.data.problem import TargetProblem
 
     return TargetProblem(train_x=trx, train_y=try_, val_x=vx, val_y=vy, test_x=tx, test_y=ty,
                          class_names=["zero", "not zero"], source_classes=[0], kind="binary", name="tiny",

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from seam.adversarial import (
+from seam.core.errors import SeamError
+from seam.data.augment import Normalize
+from seam.reuse.attack import (
     AttackError,
     defect_metrics,
     feature_extractor,
@@ -13,8 +15,6 @@ from seam.adversarial import (
     make_target,
     remos_feature_loss,
 )
-from seam.augment import Normalize
-from seam.errors import SeamError
 from tests.conftest import TinyNet, tiny_target
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # normalised pixels span [-2, 2]

@@ -3,13 +3,20 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import TinyNet
-from seam.accuracy import predict
-from seam.artifact import ArtifactError, build_reengineered, load_artifact, pack_masks, save_artifact, unpack_masks
-from seam.augment import Normalize
-from seam.candidate import ReengineeredModel
-from seam.masking import attach_masks, binary_masks
+
+from seam.data.augment import Normalize
+from seam.models.masks import attach_masks, binary_masks
+from seam.reengineer.accuracy import predict
+from seam.reengineer.artifact import (
+    ArtifactError,
+    build_reengineered,
+    load_artifact,
+    pack_masks,
+    save_artifact,
+    unpack_masks,
+)
+from seam.reengineer.candidate import ReengineeredModel
 
 META = {"model": "tiny", "model_sha256": "ab" * 32, "num_outputs": 4,
         "target": {"name": "t", "kind": "binary", "source_classes": [0], "class_names": ["a", "not a"]}}

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seam.accuracy import accuracy, original_accuracy
-from seam.augment import Normalize, random_crop_flip
+from seam.data.augment import Normalize, random_crop_flip
+from seam.reengineer.accuracy import accuracy, original_accuracy
 
 
 def test_crop_flip_takes_a_padded_crop_of_each_image():

@@ -57,7 +57,7 @@ def _artifact(here: Path, ws: Path) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from test_artifact import META, _flip_byte_of_member, searched_model
 
-    from seam.artifact import save_artifact
+    from seam.reengineer.artifact import save_artifact
 
     _, model, masks = searched_model()
     save_artifact(here / "a.pt", masks=masks, head=model.head.state_dict(), meta=META)
@@ -68,7 +68,7 @@ def _artifact_and_other_checkpoint(here: Path, ws: Path) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from test_artifact import META, searched_model
 
-    from seam.artifact import save_artifact
+    from seam.reengineer.artifact import save_artifact
 
     _, model, masks = searched_model()
     meta = {**META, "selected_epoch": 2, "epochs_run": 3, "reached_target": True, "search": {"alpha": 1.0}}

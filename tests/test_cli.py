@@ -27,8 +27,8 @@ def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> N
 
 
 def test_info_verifies_the_artifact_and_its_checkpoint(tmp_path: Path) -> None:
+    from seam.reengineer.artifact import save_artifact
     from tests.test_artifact import META, _flip_byte_of_member, searched_model
-    from seam.artifact import save_artifact
 
     _, model, masks = searched_model()
     path = tmp_path / "a.pt"

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seam.architectures import chenyaofo_cifar_resnet, cifar_resnet
-from seam.candidate import ReengineeredModel
 from seam.compact import ChannelAdd, CompactError, FoldedConv2d, compact, count_params
-from seam.masking import attach_masks
+from seam.models.architectures import chenyaofo_cifar_resnet, cifar_resnet
+from seam.models.masks import attach_masks
+from seam.reengineer.candidate import ReengineeredModel
 
 
 @pytest.fixture(autouse=True)
@@ -447,9 +447,9 @@ def test_channel_add_export_form_is_the_same_sum_without_scatter(tmp_path):
 
     import onnx
 
-    from seam.architectures import cifar_resnet
-    from seam.candidate import ReengineeredModel
-    from seam.export import export_onnx
+    from seam.deploy.onnx import export_onnx
+    from seam.models.architectures import cifar_resnet
+    from seam.reengineer.candidate import ReengineeredModel
 
     torch.manual_seed(0)
     model = ReengineeredModel(cifar_resnet(20).eval(), 10, 2).eval()

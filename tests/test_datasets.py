@@ -1,4 +1,4 @@
-"""Tests for seam.datasets: verified download into raw_dir and decoding (synthetic data, offline)."""
+"""Tests for seam.data.sources: verified download into raw_dir and decoding (synthetic data, offline)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from seam.datasets import DatasetError, download_dataset, load_dataset
-from seam.params import DatasetParams
+from seam.core.params import DatasetParams
+from seam.data.sources import DatasetError, download_dataset, load_dataset
 
 CLASSES = ["cat", "ant", "bee"]  # deliberately unsorted: classes must come out sorted
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -125,7 +125,7 @@ def test_non_images_and_hidden_files_ignored(tmp_path: Path) -> None:
 
 
 def test_pool_decoding_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import seam.datasets as ds
+    import seam.data.sources as ds
 
     raw_dir = tmp_path / "raw"
     download_dataset(cfg(make_tar(write_tree(tmp_path / "tree", n_train=10), tmp_path / "d.tar")), raw_dir)
@@ -306,7 +306,7 @@ def test_archive_cut_at_a_member_boundary(tmp_path: Path, suffix: str) -> None:
 
 @pytest.mark.parametrize("as_archive, pooled", [(False, False), (True, False), (True, True)])
 def test_corrupt_image_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_archive: bool, pooled: bool) -> None:
-    import seam.datasets as ds
+    import seam.data.sources as ds
 
     if pooled:  # the error must survive the trip back from a worker process
         monkeypatch.setattr(ds, "_POOL_MIN_IMAGES", 1)
@@ -450,7 +450,7 @@ def real_archive() -> Path:
 
 
 def test_real_cifar10_jpeg(tmp_path: Path, real_archive: Path) -> None:
-    from seam.targets import build_target, parse_targets
+    from seam.data.targets import build_target, parse_targets
 
     c = cfg(real_archive, REAL_SHA256)
     raw_dir = tmp_path / "raw"

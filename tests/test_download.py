@@ -1,4 +1,4 @@
-"""Tests for seam.download: digests, verification and atomic, hash-checked fetching."""
+"""Tests for seam.core.download: digests, verification and atomic, hash-checked fetching."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seam.download import ChecksumError, DownloadError, fetch_file, file_digest, verify
+from seam.core.download import ChecksumError, DownloadError, fetch_file, file_digest, verify
 
 PAYLOAD = b"seam test payload\n" * 1000
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -204,7 +204,7 @@ def test_unverified_fetch_copies_without_a_digest_and_refuses_by_default(tmp_pat
 def test_a_relative_path_means_the_same_file_in_a_queued_experiment(tmp_path, monkeypatch):
     """Issue 12.5: `dvc exp run --queue` runs a copy of the workspace at
     <workspace>/.dvc/tmp/exps/<tmp>/; `../shared/...` there is taken from the workspace."""
-    from seam.download import shown_path, workspace_path
+    from seam.core.download import shown_path, workspace_path
 
     ws = tmp_path / "ws"
     queued = ws / ".dvc" / "tmp" / "exps" / "tmpab12cd"

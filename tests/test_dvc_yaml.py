@@ -1,4 +1,4 @@
-"""dvc.yaml lists as deps every seam/ module each stage runs, so the cache never serves
+"""dvc.yaml lists as deps every seam/ package each stage runs, so the cache never serves
 a result of old code, and only the params the stage reads."""
 
 from __future__ import annotations
@@ -8,41 +8,40 @@ import re
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 
-def seam_imports(path: Path) -> set[str]:
-    """seam/ modules imported by `path`, transitively: module files, or a package's folder
-    (a DVC dep on the folder covers every file in it)."""
-    seen: set[str] = set()
+def seam_packages(path: Path) -> set[str]:
+    """The seam/ package folders `path` imports, transitively (a DVC dep on a folder covers
+    every file in it)."""
+    seen_files: set[Path] = set()
+    packages: set[str] = set()
     todo = [path]
     while todo:
         file = todo.pop()
-        package = ".".join(file.resolve().relative_to(REPO).parent.parts)
         for node in ast.walk(ast.parse(file.read_text())):
-            names = []
-            if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative import: resolve against the file's package
-                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                    base = f"{parent}.{base}".rstrip(".")
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            else:
+                continue
             for name in names:
-                if not name.startswith("seam.") or name == "seam":
+                parts = name.split(".")
+                if parts[0] != "seam" or len(parts) < 2:
                     continue
-                rel = name.replace(".", "/")
-                if (REPO / rel).is_dir() and rel not in seen:  # a package
-                    seen.add(rel)
-                    todo.extend(sorted((REPO / rel).glob("*.py")))
-                elif (REPO / f"{rel}.py").exists() and f"{rel}.py" not in seen \
-                        and not any(f"{rel}.py".startswith(f"{pkg}/") for pkg in seen):
-                    seen.add(f"{rel}.py")
-                    todo.append(REPO / f"{rel}.py")
-    # A module inside a listed package is covered by the package.
-    return {m for m in seen if not any(m.startswith(f"{pkg}/") for pkg in seen if pkg != m)}
+                packages.add(f"seam/{parts[1]}" if (REPO / "seam" / parts[1]).is_dir() else f"seam/{parts[1]}.py")
+                rel = REPO / Path(*parts)
+                for candidate in (rel.with_suffix(".py"), rel / "__init__.py"):
+                    if candidate.is_file() and candidate not in seen_files:
+                        seen_files.add(candidate)
+                        todo.append(candidate)
+                if (REPO / Path(*parts[:-1]) / "__init__.py").is_file():  # a package's __init__ runs too
+                    init = REPO / Path(*parts[:-1]) / "__init__.py"
+                    if init not in seen_files:
+                        seen_files.add(init)
+                        todo.append(init)
+    return packages
 
 
 def stages() -> dict[str, dict]:
@@ -55,9 +54,9 @@ def test_every_stage_depends_on_the_code_it_runs():
         script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
         deps = set(stage["deps"])
         assert script in deps, f"{name}: {script} missing from deps"
-        missing = seam_imports(REPO / script) - deps
+        missing = seam_packages(REPO / script) - deps
         assert not missing, f"stage {name} runs {sorted(missing)} but does not list them as deps"
-        extra = {d for d in deps if d.startswith("seam/")} - seam_imports(REPO / script)
+        extra = {d for d in deps if d.startswith("seam/")} - seam_packages(REPO / script)
         assert not extra, f"stage {name} lists {sorted(extra)} as deps but never imports them"
 
 
@@ -120,7 +119,7 @@ def test_stage_paths_are_on_the_command_line():
             assert path in args, f"{name}: {path} is not on its command line"
     for script in (REPO / "stages").glob("*.py"):
         assert not re.search(r'Path\("(data|models|metrics|plots|results)/', script.read_text()), script
-    assert not re.search(r'"models/', (REPO / "seam" / "pretrained.py").read_text())
+    assert not re.search(r'"models/', (REPO / "seam" / "models" / "pretrained.py").read_text())
 
 
 def test_every_stage_runs_after_validate():

@@ -3,14 +3,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import TinyNet
 from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils import parametrize
 
-from conftest import TinyNet
-from seam.artifact import build_reengineered
-from seam.export import ExportError, export_onnx
-from seam.masking import attach_masks, binary_masks, maskable_tensors
+from seam.deploy.onnx import ExportError, export_onnx
+from seam.models.masks import attach_masks, binary_masks, maskable_tensors
+from seam.reengineer.artifact import build_reengineered
 
 SIZE, BATCH = 8, 2
 
@@ -169,7 +169,7 @@ def test_unexportable_models_raise_export_error(tmp_path):
 def test_option_a_shortcut_exports_as_a_plain_convolution(tmp_path):
     import collections
 
-    from seam.architectures import cifar_resnet
+    from seam.models.architectures import cifar_resnet
 
     model = cifar_resnet(20).eval()
     info = export_onnx(model, tmp_path / "r20.onnx", input_size=32, batch=2)

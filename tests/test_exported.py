@@ -1,4 +1,4 @@
-"""seam.exported: a compact model saved once as a torch.export archive and loaded without seam.compact."""
+"""seam.models.archive: a compact model saved once as a torch.export archive and loaded without seam.compact."""
 
 import subprocess
 import sys
@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from seam.architectures import cifar_resnet
 from seam.compact import FoldedConv2d, compact
-from seam.errors import SeamError
-from seam.exported import ExportedModelError, load_exported, save_exported
-from seam.flops import count_flops
+from seam.core.errors import SeamError
+from seam.deploy.flops import count_flops
+from seam.models.architectures import cifar_resnet
+from seam.models.archive import ExportedModelError, load_exported, save_exported
 
 
 @pytest.fixture(scope="module")

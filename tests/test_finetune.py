@@ -3,14 +3,14 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import TinyNet, tiny_target
 from torch import nn
 
-from conftest import TinyNet, tiny_target
-from seam.accuracy import accuracy, predict
-from seam.augment import Normalize
-from seam.errors import SeamError
-from seam.finetune import FinetuneConfig, FinetuneError, finetune, masked_start, replace_classifier
-from seam.masking import maskable_tensors
+from seam.core.errors import SeamError
+from seam.data.augment import Normalize
+from seam.models.masks import maskable_tensors
+from seam.reengineer.accuracy import accuracy, predict
+from seam.reuse.finetune import FinetuneConfig, FinetuneError, finetune, masked_start, replace_classifier
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -183,7 +183,7 @@ def crash_at(epoch: int, step: str | None = None):
 
 def test_an_interrupted_finetuning_resumes_to_the_uninterrupted_result(tmp_path):
     """Dropout draws from the global RNG, batches from the generator: both come back."""
-    from seam.resume import ResumeFile
+    from seam.core.resume import ResumeFile
 
     model = replace_classifier(pretrained(), "fc", 2, dropout=0.5, seed=0)
     config = FinetuneConfig(**{**DEFAULTS, "max_epochs": 6})
@@ -204,9 +204,9 @@ def test_an_interrupted_finetuning_resumes_to_the_uninterrupted_result(tmp_path)
 
 
 def test_seams_flow_resumes_inside_its_last_step_and_replays_the_finished_ones(tmp_path):
-    from seam.resume import ResumeFile
-    from seam.reuse import seam_flow
-    from seam.search import SearchConfig
+    from seam.core.resume import ResumeFile
+    from seam.reengineer.search import SearchConfig
+    from seam.reuse.flows import seam_flow
 
     config = FinetuneConfig(**{**DEFAULTS, "max_epochs": 4})
     kwargs = dict(mean=MEAN, std=STD, config=config, dropout=0.0, device="cpu", threshold=0.2,

@@ -3,12 +3,12 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from conftest import TinyNet
 from torch import nn
 
-from conftest import TinyNet
-from seam.architectures import chenyaofo_cifar_resnet
-from seam.flops import FlopCountAnalysis, count_flops, count_weights, flop_breakdown
-from seam.masking import attach_masks, binary_masks
+from seam.deploy.flops import FlopCountAnalysis, count_flops, count_weights, flop_breakdown
+from seam.models.architectures import chenyaofo_cifar_resnet
+from seam.models.masks import attach_masks, binary_masks
 
 
 class HandNet(nn.Module):

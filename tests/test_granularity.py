@@ -6,16 +6,24 @@ import copy
 
 import pytest
 import torch
+from conftest import TinyNet, tiny_target
 from torch import nn
 
-from conftest import TinyNet, tiny_target
-from seam.architectures import chenyaofo_cifar_resnet, cifar_resnet
 from seam.compact import ChannelCost, compact, passes
-from seam.flops import flop_breakdown
-from seam.granularity import ChannelGranularity, WeightGranularity, granularity
-from seam.masking import ChannelGate, apply_masks, apply_searched, attach_masks, binary_masks, fill_masks, mask_scores
-from seam.search import SearchConfig, search
-from seam.selection import AccuracyTarget
+from seam.deploy.flops import flop_breakdown
+from seam.models.architectures import chenyaofo_cifar_resnet, cifar_resnet
+from seam.models.masks import (
+    ChannelGate,
+    apply_masks,
+    apply_searched,
+    attach_masks,
+    binary_masks,
+    fill_masks,
+    mask_scores,
+)
+from seam.reengineer.granularity import ChannelGranularity, WeightGranularity, granularity
+from seam.reengineer.search import SearchConfig, search
+from seam.reengineer.stopping import AccuracyTarget
 
 
 def _random_bn(model: nn.Module) -> nn.Module:

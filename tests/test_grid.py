@@ -12,12 +12,12 @@ import yaml
 from typer.testing import CliRunner
 
 from seam.cli import app
-from seam.datasets import dataset_classes, download_dataset, load_dataset
-from seam.params import DatasetParams, ParamsError, load_params
-from seam.paramsfile import update_params
-from seam.problem import TargetError
-from seam.registry import CIFAR10_CLASSES, REGISTRY
-from seam.targets import build_target, parse_targets, target_grid
+from seam.core.params import DatasetParams, ParamsError, load_params
+from seam.core.paramsfile import update_params
+from seam.data.problem import TargetError
+from seam.data.sources import dataset_classes, download_dataset, load_dataset
+from seam.data.targets import build_target, parse_targets, target_grid
+from seam.models.registry import CIFAR10_CLASSES, REGISTRY
 from tests.conftest import REPO
 from tests.test_datasets import make_fake_cifar, patch_md5s
 from tests.test_targets import make_raw

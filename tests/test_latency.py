@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from seam.latency import EngineUnavailable, PairedTiming, deepsparse_runner, engine_versions, interleaved
+from seam.deploy.latency import EngineUnavailable, PairedTiming, deepsparse_runner, engine_versions, interleaved
 
 
 def test_interleaved_runs_a_and_b_in_turn():
@@ -53,7 +53,7 @@ def test_deepsparse_compile_failure_is_engine_unavailable(tmp_path):
 
 
 def test_an_engine_run_apart_gives_its_value_its_error_or_unavailable_if_it_dies():
-    from seam.latency import in_subprocess
+    from seam.deploy.latency import in_subprocess
 
     assert in_subprocess(max, 1, 2) == 2
     with pytest.raises(ValueError, match="invalid literal"):

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from conftest import TinyNet
 from torch import nn
 
-from conftest import TinyNet
-from seam.masking import apply_masks, attach_masks, binarize, binary_masks, count_kept, maskable_tensors, retention
+from seam.models.masks import apply_masks, attach_masks, binarize, binary_masks, count_kept, maskable_tensors, retention
 
 
 def test_ste_forward_is_indicator_and_backward_is_hardtanh():

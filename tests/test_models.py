@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, TinyNet, tiny_target
 from pydantic import ValidationError
 
-from conftest import REPO, TinyNet, tiny_target
-from seam.fetch import fetch_pretrained
-from seam.params import ModelParams
-from seam.pretrained import load_pretrained, save_pretrained
-from seam.registry import ModelError
+from seam.core.params import ModelParams
+from seam.models.fetch import fetch_pretrained
+from seam.models.pretrained import load_pretrained, save_pretrained
+from seam.models.registry import ModelError
 
 USER_CODE = '''
 import torch
@@ -247,7 +247,7 @@ def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch)
     by_name.mkdir(), by_arch.mkdir()
     a = reengineer_through_params(by_name, {"name": "resnet20"}, problem, epochs=2)
     b = reengineer_through_params(by_arch, {
-        "name": "resnet20", "arch": "seam.architectures:cifar_resnet", "kwargs": {"depth": 20, "num_classes": 10},
+        "name": "resnet20", "arch": "seam.models.architectures:cifar_resnet", "kwargs": {"depth": 20, "num_classes": 10},
         "checkpoint": str(shared / "models" / "resnet20-12fca82f.th"),
         "sha256": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": 32,
@@ -395,3 +395,16 @@ def test_an_altered_checkpoint_behind_model_json_is_refused(project):
     with pytest.raises(ModelError, match=rf"{record.file}: sha256 [0-9a-f]{{12}}…, but .*model.json records "
                                          rf"{record.sha256[:12]}… \(the file was replaced or altered"):
         load_pretrained(project / "out")
+
+
+def test_a_model_json_written_before_the_package_layout_still_loads(tmp_path):
+    """model.json files of earlier runs name the architecture by its old module path."""
+    from seam.models.architectures import cifar_resnet
+
+    torch.save(cifar_resnet(20).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({
+        "name": "resnet20", "format": "state_dict", "sha256": hashlib.sha256((tmp_path / "model.pt").read_bytes())
+        .hexdigest(), "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": 32,
+        "arch": "seam.architectures:cifar_resnet", "kwargs": {"depth": 20, "num_classes": 10}, "classifier": "linear"}))
+    record, model = load_pretrained(tmp_path)
+    assert type(model).__module__ == "seam.models.architectures" and record.arch == "seam.architectures:cifar_resnet"

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO
-from seam.params import Params, ParamsError, load_params
+
+from seam.core.params import Params, ParamsError, load_params
 
 YAML = yaml.safe_load((REPO / "params.yaml").read_text())
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-from seam.artifact import load_artifact
+
+from seam.reengineer.artifact import load_artifact
 
 CLASSES = ("airplane", "automobile", "bird")
 N_TRAIN, N_TEST = 24, 8

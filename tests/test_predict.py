@@ -8,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TinyNet
-from seam.augment import Normalize
-from seam.candidate import ReengineeredModel
 from seam.cli import app
-from seam.export import export_onnx
-from seam.exported import save_exported
-from seam.masking import apply_masks, maskable_tensors
-from seam.predict import PredictError, image_files, load_classifier, predict_files, read_image
+from seam.data.augment import Normalize
+from seam.deploy.onnx import export_onnx
+from seam.deploy.predict import PredictError, image_files, load_classifier, predict_files, read_image
+from seam.models.archive import save_exported
+from seam.models.masks import apply_masks, maskable_tensors
+from seam.reengineer.candidate import ReengineeredModel
 
 SIZE = 8
 META = {"class_names": ["zero", "not zero"], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
@@ -124,10 +124,10 @@ def test_bad_model_files(tmp_path, files):
 
 def test_artifact_with_the_original_model(tmp_path, files, shared, monkeypatch):
     """An artifact + the fetched checkpoint predicts what its standalone archive does."""
-    from seam.artifact import build_reengineered, load_artifact, save_artifact
-    from seam.fetch import fetch_pretrained
-    from seam.params import ModelParams
-    from seam.pretrained import load_pretrained, save_pretrained
+    from seam.core.params import ModelParams
+    from seam.models.fetch import fetch_pretrained
+    from seam.models.pretrained import load_pretrained, save_pretrained
+    from seam.reengineer.artifact import build_reengineered, load_artifact, save_artifact
 
     monkeypatch.setenv("SEAM_MODEL_MIRROR", str(shared / "models"))
     pretrained = tmp_path / "pretrained"

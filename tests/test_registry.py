@@ -1,4 +1,4 @@
-"""Tests for seam.registry and seam.architectures (random weights; shared checkpoints if present)."""
+"""Tests for seam.models.registry and seam.models.architectures (random weights; shared checkpoints if present)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from seam.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
-from seam.download import ChecksumError, DownloadError, file_digest
-from seam.fetch import MIRROR_ENV, fetch_model
-from seam.registry import (
+from seam.core.download import ChecksumError, DownloadError, file_digest
+from seam.models.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
+from seam.models.fetch import MIRROR_ENV, fetch_model
+from seam.models.registry import (
     DEFAULT_MODEL,
     REGISTRY,
     ModelError,

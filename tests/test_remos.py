@@ -1,4 +1,4 @@
-"""Tests for seam.remos: neuron coverage, the coverage-minus-magnitude slice, and the ReMoS flow."""
+"""Tests for seam.reuse.remos: neuron coverage, the coverage-minus-magnitude slice, and the ReMoS flow."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from conftest import TinyNet, tiny_target
 from torch import nn
 
-from seam.augment import Normalize
-from seam.finetune import FinetuneConfig
-from seam.remos import Coverage, RemosError, coverage, covered_channels, relevant_slice, remos_flow
+from seam.data.augment import Normalize
+from seam.reuse.finetune import FinetuneConfig
+from seam.reuse.remos import Coverage, RemosError, coverage, covered_channels, relevant_slice, remos_flow
 
 
 class TwoConvs(nn.Module):

@@ -10,10 +10,10 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from seam.report import MEASURES, ReportError, load_paper, markdown, rq1_frame, rq1_tables
+from seam.report.tables import MEASURES, ReportError, load_paper, markdown, rq1_frame, rq1_tables
 
 PAPER = load_paper(REPO / "reference" / "paper.yaml")
 

@@ -2,12 +2,12 @@ import copy
 
 import pytest
 import torch
-
 from conftest import TinyNet, tiny_target
-from seam.candidate import ReengineeredModel
-from seam.masking import attach_masks, retention
-from seam.search import SearchConfig, SearchError, search
-from seam.selection import AccuracyTarget, RemovalThreshold
+
+from seam.models.masks import attach_masks, retention
+from seam.reengineer.candidate import ReengineeredModel
+from seam.reengineer.search import SearchConfig, SearchError, search
+from seam.reengineer.stopping import AccuracyTarget, RemovalThreshold
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DEFAULTS = dict(alpha=1.0, lr_mask=0.05, lr_head=0.1, batch_size=16, max_epochs=6, select_on="val", seed=0)
@@ -112,7 +112,7 @@ def test_precision_sets_the_training_passes_dtype_and_evaluation_stays_fp32(prec
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
-    import seam.device as device
+    import seam.core.device as device
 
     assert device.resolve_precision("fp32", torch.device("cpu")) is None
     assert device.resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
@@ -157,7 +157,7 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("threshold, lr_weights", [(None, 0.0), (0.3, 0.0), (None, 0.01)])
 def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, threshold, lr_weights):
-    from seam.resume import ResumeFile
+    from seam.core.resume import ResumeFile
 
     data, key = tiny_target(), {"run": "a"}
     torch.manual_seed(1)
@@ -192,7 +192,7 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(tmp_path, thr
 
 
 def test_a_foreign_or_torn_state_is_ignored_with_a_note(tmp_path, capsys):
-    from seam.resume import ResumeFile
+    from seam.core.resume import ResumeFile
 
     data, path = tiny_target(), tmp_path / "state.pt"
     config = SearchConfig(**{**DEFAULTS, "max_epochs": 3})
@@ -216,8 +216,8 @@ def test_score_init_is_not_a_lever_of_its_own(monkeypatch):
     lr_mask 0.1: the convergence study varies lr_mask alone (README, "Search cost")."""
     import functools
 
-    import seam.granularity
-    from seam.masking import attach_masks as attach
+    import seam.reengineer.granularity
+    from seam.models.masks import attach_masks as attach
 
     def history(lr_mask, init):
         monkeypatch.setattr(seam.granularity, "attach_masks", functools.partial(attach, init=init))
@@ -232,9 +232,9 @@ def test_score_init_is_not_a_lever_of_its_own(monkeypatch):
 
 @pytest.mark.parametrize("granularity", ["weight", "channel"])
 def test_lr_weights_trains_the_own_weights_and_the_artifact_rebuilds_the_kept_epoch(tmp_path, granularity):
-    from seam.training import evaluate
-    from seam.artifact import build_reengineered, load_artifact, save_artifact
-    from seam.augment import Normalize
+    from seam.data.augment import Normalize
+    from seam.reengineer.artifact import build_reengineered, load_artifact, save_artifact
+    from seam.reengineer.loop import evaluate
 
     torch.manual_seed(0)
     model = TinyNet(width=16).eval()

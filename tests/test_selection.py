@@ -1,4 +1,4 @@
-from seam.selection import AccuracyTarget as Selector
+from seam.reengineer.stopping import AccuracyTarget as Selector
 
 
 def run(selector, rows):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import REPO
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -59,13 +58,13 @@ def test_unknown_model(tmp_path):
 
 
 def test_image_size_that_does_not_fit_the_model_is_refused():
+    from types import SimpleNamespace
+
     import pytest
     import torch
 
-    from seam.pretrained import check_images
-    from seam.registry import ModelError, get_spec
-
-    from types import SimpleNamespace
+    from seam.models.pretrained import check_images
+    from seam.models.registry import ModelError, get_spec
 
     data = SimpleNamespace(train_x=torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ModelError, match="expects 3x32x32 images.*has 3x64x64"):

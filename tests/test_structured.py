@@ -7,10 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from seam.architectures import cifar_resnet
-from seam.granularity import ChannelGranularity
-from seam.masking import ChannelGate, binary_masks, mask_scores
-from seam.structured import group_keep, l1_importance, l1_keep_like
+from seam.models.architectures import cifar_resnet
+from seam.models.masks import ChannelGate, binary_masks, mask_scores
+from seam.reengineer.baseline import group_keep, l1_importance, l1_keep_like
+from seam.reengineer.granularity import ChannelGranularity
 
 
 def test_l1_keeps_the_largest_groups_at_each_units_width_smallest_unit_first():

@@ -1,4 +1,4 @@
-"""Tests for seam.targets: parsing target specs and building balanced, deterministic splits."""
+"""Tests for seam.data.targets: parsing target specs and building balanced, deterministic splits."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seam.datasets import ImageSet, RawDataset
-from seam.problem import TargetError, TargetProblem
-from seam.targets import TargetSpec, build_target, parse_target, parse_targets
+from seam.data.problem import TargetError, TargetProblem
+from seam.data.sources import ImageSet, RawDataset
+from seam.data.targets import TargetSpec, build_target, parse_target, parse_targets
 
 CLASSES = ["a", "b", "c", "d", "e", "f"]
 TRAIN_COUNTS = [20, 13, 9, 7, 5, 11]

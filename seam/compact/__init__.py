@@ -29,7 +29,7 @@ How it works (model-agnostic, on a ``torch.fx`` graph):
    So a dead residual branch (constant after BN) reduces to ``shortcut + constant``. An
    option-A shortcut's zero padding channels stay where the add keeps that channel (a wider
    pad costs nothing; aligning the add's inputs costs an index-add) and disappear elsewhere.
-   A channel search (``seam.granularity``) gives every input of an add the same channels,
+   A channel search (``seam.reengineer.granularity``) gives every input of an add the same channels,
    so its adds stay plain.
 5. Rewrite: convs / linears / BNs are sliced to their kept rows and columns, pads get new
    amounts, cats lose empty inputs; everything else is copied. The result is checked on
@@ -64,7 +64,7 @@ and for linear layers, the constant folds into the bias.
 
 The compact model is an ``fx.GraphModule`` in eval mode, meant for inference: its BatchNorms
 and folded constants assume eval-mode statistics, as the masked model does. To store it for
-another stage, use ``seam.exported.save_exported`` (a ``torch.export`` archive that loads
+another stage, use ``seam.models.archive.save_exported`` (a ``torch.export`` archive that loads
 without this package and without unpickling).
 
 A problem with the user's model (not an ``nn.Module``, training mode, not traceable, result

@@ -14,7 +14,7 @@ from seam.compact import passes
 from seam.compact.graph import CompactError, TracedGraph, internal_error, trace
 from seam.compact.modules import FoldedConv2d
 from seam.compact.ops import WeightedOp, classify
-from seam.masking import MASKABLE
+from seam.models.masks import MASKABLE
 
 __all__ = ["ChannelCost", "compact", "count_params"]
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from seam.compact.modules import ChannelAdd, FoldedConv2d
-from seam.errors import SeamError
+from seam.core.errors import SeamError
 
 __all__ = ["CompactError", "TracedGraph", "internal_error", "trace"]
 

@@ -128,7 +128,7 @@ class ChannelAdd(nn.Module):
         ``index_add`` exports to ONNX ScatterElements (plus Shape/Expand for the zeros),
         which onnxruntime runs about 3x slower than the whole rest of a compact ResNet20;
         a 1x1 convolution with a 0/1 placement matrix is the same exact sum in ops every
-        engine runs fast. Used by ``seam.export`` only (see ``export_form`` there).
+        engine runs fast. Used by ``seam.deploy.onnx`` only (see ``export_form`` there).
         """
         return _ChannelAddByConv(self)
 
