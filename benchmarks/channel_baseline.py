@@ -75,7 +75,7 @@ def main() -> None:
           f"(same widths: {sorted(set(widths.values()))})")
     print(f"{'channels chosen by':<22} {'val acc':>8} {'test acc':>9}")
     for name, a in rows:
-        print(f"{name:<22} {a.get('val', float('nan')):>8.4f} {a['test']:>9.4f}")
+        print(f"{name:<22} {a.get('val_acc', float('nan')):>8.4f} {a['test_acc']:>9.4f}")
 
 
 def _set_keep(gate, grain: ChannelGranularity, masks: dict, keep: torch.Tensor) -> tuple[float, dict[str, int]]:
@@ -105,9 +105,9 @@ def _train_head(model, problem, normalize, splits, select, search, epochs, name)
     for _ in tqdm(range(epochs), desc=f"{'weights and head' if weights else 'head'} on {name} channels", unit="epoch"):
         model.eval()  # the original BatchNorm statistics stay, as in the search
         train_epoch(model, optim, problem.train_x, problem.train_y, normalize=normalize, generator=gen,
-                    batch_size=search["batch_size"], padding=search["padding"], loss_fn=loss_fn)
+                    batch_size=search["batch_size"], loss_fn=loss_fn)
         acc = evaluate(model, splits, normalize, torch.device("cpu"))
-        if best is None or acc[select] > best[select]:
+        if best is None or acc[f"{select}_acc"] > best[f"{select}_acc"]:
             best = acc
     return best
 

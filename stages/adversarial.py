@@ -8,7 +8,7 @@ from pathlib import Path
 
 from seam.core.atomic import save_torch
 from seam.core.device import resolve_device
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.problem import TargetProblem
 from seam.models.pretrained import check_images, load_pretrained

@@ -18,7 +18,7 @@ import torch
 
 from seam.compact import compact
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.deploy.latency import EngineUnavailable, deepsparse_pair, engine_versions, interleaved, onnxruntime_runner
 from seam.deploy.onnx import export_onnx

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.sources import download_dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.augment import Normalize
 from seam.data.problem import TargetProblem

@@ -12,7 +12,7 @@ import torch
 
 from seam.compact import CompactError, compact
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.augment import Normalize
 from seam.data.problem import TargetProblem

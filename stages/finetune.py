@@ -5,15 +5,12 @@ fine-tune) or by SeaM's three-step flow."""
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
 
-import typer
-
 from seam.core.atomic import write_csv
 from seam.core.device import resolve_device
-from seam.core.errors import run_stage
+from seam.core.stage import STATE_DIR, run_stage
 from seam.core.params import load_params
 from seam.core.resume import ResumeFile
 from seam.data.problem import TargetProblem
@@ -31,7 +28,7 @@ class Flow(str, Enum):
 
 
 def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: Path,
-         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         state_dir: Path = STATE_DIR
          ) -> None:
     params = load_params()
     dropout = params.defects.dropout
@@ -50,7 +47,7 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
     # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
     own = {Flow.standard: None, Flow.remos: params.defects.remos, Flow.seam: params.defects.seam}[flow]
     resume = ResumeFile.for_stage(state_dir, f"finetune-{flow.value}", device=device, inputs=(problem_file,),
-                                  config=asdict(config), dropout=dropout, flow=own and own.model_dump(),
+                                  config=config.model_dump(), dropout=dropout, flow=own and own.model_dump(),
                                   model=info.sha256)
     common = dict(mean=info.mean, std=info.std, config=config, dropout=dropout, device=device, resume=resume)
     print(f"fine-tuning ({flow.value}) {info.name} on {problem.class_names} ({len(problem.train_y)} images) "
@@ -63,7 +60,7 @@ def main(flow: Flow, problem_file: Path, pretrained_dir: Path, out: Path, log: P
                                     on_epoch=on_epoch, **common)
     else:
         step1, step2 = params.defects.seam.output_layer, params.defects.seam.reengineer
-        head_config = replace(config, train_only_output=True, **step1.model_dump())
+        head_config = config.model_copy(update={"train_only_output": True, **step1.model_dump()})
         search_config = SearchConfig(**step2.model_dump(exclude={"threshold"}), select_on=params.select_on,
                                      seed=params.seed)
         model, summary = seam_flow(pretrained, classifier, problem, head_config=head_config,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.deploy.flops import count_flops, count_weights
 from seam.models.archive import load_exported

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 
 # metrics key prefix -> (engine entry in latency.json, what A and B are)

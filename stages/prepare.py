@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from seam.core.atomic import write_json
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.sources import RawDataset, load_dataset
 from seam.data.targets import build_target, parse_targets

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import typer
-
 from seam.core.atomic import write_csv, write_json
 from seam.core.device import resolve_device
-from seam.core.errors import run_stage
+from seam.core.stage import STATE_DIR, run_stage
 from seam.core.params import ParamsError, load_params
 from seam.core.resume import ResumeFile
 from seam.data.problem import TargetProblem
@@ -23,14 +20,13 @@ from seam.reengineer.stopping import AccuracyTarget
 
 
 def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,
-         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         state_dir: Path = STATE_DIR
          ) -> None:
     params = load_params()
     if target not in params.targets:
         raise ParamsError(f"params.yaml: no target {target!r} under 'targets' (have {sorted(params.targets)})")
     alpha, p = params.search_settings(target)  # the target's own `reengineer:` keys over the section's
-    config = SearchConfig(alpha=alpha, select_on=params.select_on, seed=params.seed,
-                          **p.model_dump(exclude={"early_stop"}))  # early_stop is the stopping rule's
+    config = SearchConfig(**p.model_dump(), alpha=alpha, select_on=params.select_on, seed=params.seed)
     device = resolve_device(params.device)
     problem = TargetProblem.load(problem_file)
     info, original = load_pretrained(pretrained_dir)
@@ -47,10 +43,10 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}{threads}", file=sys.stderr)
     # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
     resume = ResumeFile.for_stage(state_dir, f"reengineer-{target}", device=device, inputs=(problem_file,),
-                                  config=asdict(config), early_stop=p.early_stop, model=info.sha256)
+                                  config=config.model_dump(), model=info.sha256)
     start = time.perf_counter()
     result = search(original, problem, mean=info.mean, std=info.std, config=config,
-                    stop=AccuracyTarget.factory(p.early_stop), device=device, on_epoch=on_epoch,
+                    stop=AccuracyTarget.factory(config.early_stop), device=device, on_epoch=on_epoch,
                     source_outputs=info.source_outputs(problem), resume=resume)
     seconds = time.perf_counter() - start
     save_artifact(
@@ -64,7 +60,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
             "num_outputs": info.num_classes,
             "target": {"name": problem.name, "kind": problem.kind, "source_classes": problem.source_classes,
                        "class_names": problem.class_names, "dataset": problem.dataset},
-            "search": {**asdict(config), "early_stop": p.early_stop},
+            "search": config.model_dump(),
             "selected_epoch": result.selected_epoch,
             "epochs_run": len(result.history),
             "reached_target": result.reached_target,

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from seam.core.atomic import write_csv
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import Params, load_params
 from seam.report import figures
 from seam.report.tables import (

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-
-import typer
 
 from seam.core.atomic import write_csv, write_json
 from seam.core.device import resolve_device
-from seam.core.errors import run_stage
+from seam.core.stage import STATE_DIR, run_stage
 from seam.core.params import load_params
 from seam.core.resume import ResumeFile
 from seam.data.problem import TargetProblem
@@ -22,7 +19,7 @@ from seam.reuse.flows import save_finetuned, standard
 
 
 def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: Path, timing: Path,
-         state_dir: Path = typer.Option(Path(".seam/resume"), help="where a killed run's state waits for the rerun")
+         state_dir: Path = STATE_DIR
          ) -> None:
     params = load_params()
     # One learning rate for every layer: nothing is pretrained, so the output layer gets no boost.
@@ -45,7 +42,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     print(f"retraining {info.name} from scratch for {target} ({problem.class_names}, {len(problem.train_y)} "
           f"images) on {device}", file=sys.stderr)
     resume = ResumeFile.for_stage(state_dir, f"retrain-{target}", device=device, inputs=(problem_file,),
-                                  config=asdict(config), model=info.sha256)
+                                  config=config.model_dump(), model=info.sha256)
     start = time.perf_counter()
     model, summary = standard(untrained, info.final_layer(), problem, mean=info.mean, std=info.std, config=config,
                               dropout=0.0, device=device, on_epoch=on_epoch, resume=resume)

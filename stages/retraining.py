@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from seam.core.atomic import write_json
-from seam.core.errors import SeamError, run_stage
+from seam.core.errors import SeamError
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 from seam.data.augment import Normalize
 from seam.data.problem import TargetProblem

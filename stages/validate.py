@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seam.core.atomic import write_text
-from seam.core.errors import run_stage
+from seam.core.stage import run_stage
 from seam.core.params import load_params
 
 

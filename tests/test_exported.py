@@ -61,5 +61,5 @@ def test_refuses_other_files(tmp_path):
 
 
 def test_loading_does_not_import_compact():
-    code = "import sys, seam.exported, seam.flops; assert 'seam.compact' not in sys.modules, sorted(sys.modules)"
+    code = "import sys, seam.models.archive, seam.deploy.flops; assert 'seam.compact' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

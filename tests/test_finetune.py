@@ -10,6 +10,7 @@ from seam.core.errors import SeamError
 from seam.data.augment import Normalize
 from seam.models.masks import maskable_tensors
 from seam.reengineer.accuracy import accuracy, predict
+from seam.reengineer.loop import TrainingError
 from seam.reuse.finetune import FinetuneConfig, FinetuneError, finetune, masked_start, replace_classifier
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -154,7 +155,7 @@ def test_same_seed_same_history():
 def test_select_on_val_without_val_images():
     full = tiny_target()
     data = dataclasses.replace(full, val_x=full.val_x[:0], val_y=full.val_y[:0])
-    with pytest.raises(FinetuneError, match="no val images"):
+    with pytest.raises(TrainingError, match="no val images"):
         run(replace_classifier(pretrained(), "fc", 2), data=data)
     result = run(replace_classifier(pretrained(), "fc", 2), data=data, select_on="test", max_epochs=1)
     assert "val_acc" not in result.history[0] and result.best_acc == result.history[0]["test_acc"]
@@ -210,7 +211,7 @@ def test_seams_flow_resumes_inside_its_last_step_and_replays_the_finished_ones(t
 
     config = FinetuneConfig(**{**DEFAULTS, "max_epochs": 4})
     kwargs = dict(mean=MEAN, std=STD, config=config, dropout=0.0, device="cpu", threshold=0.2,
-                  head_config=dataclasses.replace(config, train_only_output=True, max_epochs=2),
+                  head_config=config.model_copy(update={"train_only_output": True, "max_epochs": 2}),
                   search_config=SearchConfig(alpha=0.5, lr_mask=0.2, lr_head=0.01, batch_size=16, max_epochs=6,
                                              select_on="val", seed=0))
     rows_whole: list = []

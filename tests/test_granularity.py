@@ -179,7 +179,7 @@ def test_a_channel_search_removes_whole_filters_and_compacts_to_a_smaller_dense_
     model = TinyNet(width=16).eval()
     data = tiny_target()
     config = SearchConfig(alpha=2.0, lr_mask=0.1, lr_head=0.05, batch_size=16, max_epochs=10, select_on="val",
-                          seed=0, granularity="channel")
+                          seed=0, granularity="channel", round_to=1)  # 16 would keep all of a 16-wide layer or none
     result = search(model, data, mean=(0.5,) * 3, std=(0.25,) * 3, config=config, stop=AccuracyTarget.factory(0),
                     progress=False)
     kept = result.history[result.selected_epoch]["retention"]

@@ -6,7 +6,8 @@ from conftest import TinyNet, tiny_target
 
 from seam.models.masks import attach_masks, retention
 from seam.reengineer.candidate import ReengineeredModel
-from seam.reengineer.search import SearchConfig, SearchError, search
+from seam.reengineer.loop import TrainingError
+from seam.reengineer.search import SearchConfig, search
 from seam.reengineer.stopping import AccuracyTarget, RemovalThreshold
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -124,7 +125,7 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch)
 
 def test_select_on_val_without_a_val_split_is_a_clear_error():
     data = tiny_target(n_val=0)
-    with pytest.raises(SearchError, match="no val images.*val_fraction > 0 or select_on: test"):
+    with pytest.raises(TrainingError, match="no val images.*val_fraction > 0 or select_on: test"):
         run(TinyNet().eval(), data)
 
 
@@ -220,7 +221,7 @@ def test_score_init_is_not_a_lever_of_its_own(monkeypatch):
     from seam.models.masks import attach_masks as attach
 
     def history(lr_mask, init):
-        monkeypatch.setattr(seam.granularity, "attach_masks", functools.partial(attach, init=init))
+        monkeypatch.setattr(seam.reengineer.granularity, "attach_masks", functools.partial(attach, init=init))
         torch.manual_seed(0)
         result = run(TinyNet().eval(), tiny_target(), max_epochs=8, lr_mask=lr_mask)
         return [(r["retention"], r["val_acc"], r["loss"]) for r in result.history]
@@ -255,6 +256,6 @@ def test_lr_weights_trains_the_own_weights_and_the_artifact_rebuilds_the_kept_ep
     rebuilt = build_reengineered(model, load_artifact(path))
     accs = evaluate(rebuilt, data.eval_splits(), Normalize(MEAN, STD), torch.device("cpu"))
     kept = tuned.history[tuned.selected_epoch]
-    assert accs == {"val": kept["val_acc"], "test": kept["test_acc"]}
+    assert accs == {"val_acc": kept["val_acc"], "test_acc": kept["test_acc"]}
     for name, bits in tuned.masks.items():
         assert torch.equal(rebuilt.original.get_parameter(name), tuned.weights[name] * bits)

@@ -1,4 +1,4 @@
-"""The error base class for bad input, and how stages report it."""
+"""The error base class for bad input, and how commands report it: one line, no traceback."""
 
 from __future__ import annotations
 
@@ -28,12 +28,3 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     return guarded
 
-
-def run_stage(main: Callable[..., None]) -> None:
-    """Run a stage's ``main`` as a command line (typer, from its signature), its bad input
-    ended by :func:`one_line_errors`."""
-    import typer
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=sys.modules[main.__module__].__doc__)
-    app.command(help=sys.modules[main.__module__].__doc__)(one_line_errors(main))
-    app()

@@ -7,6 +7,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+# Random-crop padding of the training augmentation: the release's RandomCrop(32, padding=4).
+CROP_PADDING = 4
+
 
 def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding plus random horizontal flip, one draw per image.

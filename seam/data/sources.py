@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
-import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seam.core.atomic import atomic_dir
 from seam.core.download import ChecksumError, DownloadError, fetch_file, is_url, shown_path, verify, workspace_path
 from seam.core.errors import SeamError
 from seam.core.params import DatasetParams
@@ -75,41 +74,9 @@ def _is_archive(name: str) -> bool:
 # ----------------------------------------------------------------------------- download
 
 
-@contextlib.contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temp dir beside `final`; it replaces `final` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    old: Path | None = None
-    try:
-        yield tmp
-        if final.exists() or final.is_symlink():
-            old = final.with_name(f"{tmp.name}.old")
-            os.replace(final, old)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-
-
 _OFFLINE_HINT = (
     "If this machine is offline, download the archive elsewhere and set dataset.source to its local path."
 )
-
-
-@contextlib.contextmanager
-def _as_dataset_error() -> Iterator[None]:
-    """Re-raise seam.core.download's failures as DatasetError: one type for callers to catch."""
-    try:
-        yield
-    except ChecksumError as e:  # names the file, the expected and the actual digest
-        raise DatasetError(str(e)) from e
-    except DownloadError as e:
-        raise DatasetError(f"dataset.source: {e}") from e
 
 
 def _fetch_archive(source: str, dest: Path, *, sha256: str | None = None, md5: str | None = None) -> None:
@@ -180,7 +147,7 @@ def _download_imagefolder(source: str, sha256: str | None, tmp: Path) -> None:
 def download_dataset(cfg: DatasetParams, raw_dir: Path) -> None:
     """Make `raw_dir` hold exactly the verified raw data for `cfg` (atomic: all or nothing)."""
     name, source, sha256 = cfg.name, cfg.source, cfg.sha256
-    with _atomic_dir(Path(raw_dir)) as tmp:
+    with atomic_dir(raw_dir) as tmp:
         if name == "imagefolder":
             assert source is not None
             _download_imagefolder(source, sha256, tmp)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,41 +12,30 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from seam.core.device import resolve_precision
-from seam.core.errors import SeamError
-from seam.core.resume import ResumeFile, restore_fields, rng_state, set_rng_state
+from seam.core.params import NonNegative, NonNegativeInt, ReengineerParams
+from seam.core.resume import ResumeFile
 from seam.data.augment import Normalize
 from seam.data.problem import TargetProblem
 from seam.models.masks import binary_masks, mask_scores, own_parameters
 from seam.reengineer.accuracy import accuracy, original_accuracy, predict
 from seam.reengineer.candidate import ReengineeredModel
 from seam.reengineer.granularity import Granularity, granularity
-from seam.reengineer.loop import batch_bar, evaluate, remaining_epochs, train_epoch
+from seam.reengineer.loop import TrainingError, evaluate, fit, selection_splits, train_epoch
 from seam.reengineer.stopping import RuleFactory
 
 
-class SearchError(SeamError, ValueError):
+class SearchError(TrainingError):
     """A search that cannot run on the problem it is given."""
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """Hyper-parameters of one search; the stages fill it from params.yaml, where they are checked."""
+class SearchConfig(ReengineerParams):
+    """One search's settings: the ``reengineer`` section (a target's own keys laid over it, see
+    ``Params.search_settings``), the weight of the retention term, and where the stopping rule
+    selects. Defaults are the schema's, i.e. params.yaml's."""
 
-    alpha: float               # weight of the retention term
-    lr_mask: float
-    lr_head: float
-    batch_size: int
-    max_epochs: int
-    select_on: str             # "val" or "test": the split the stopping rule sees
-    seed: int
-    granularity: str = "weight"   # what one score decides: "weight" (the paper) or "channel" (seam.granularity)
-    round_to: int = 1          # channel granularity: each conv keeps a multiple of this many channels
-    cost: str = "weights"      # what the kept share counts: "weights" (the paper) or "macs"
-    alpha_warmup: int = 0      # epochs over which alpha rises linearly from 0 (0: constant, the paper)
-    precision: str = "fp32"    # compute dtype of the training passes: "fp32", "bf16" or "auto" (seam.device)
-    head_only_every: int = 5   # epoch % head_only_every == 0 trains the head alone (release; 0: never)
-    lr_weights: float = 0.0    # Adam lr of the original model's own weights in joint epochs (0: frozen, the paper)
-    padding: int = 4           # random-crop padding of the training augmentation
+    alpha: NonNegative          # weight of the retention term
+    select_on: Literal["val", "test"]   # the split the stopping rule sees
+    seed: NonNegativeInt
 
 
 @dataclass
@@ -80,9 +68,9 @@ def search(
 
     ``original`` is not modified: the search works on a deep copy whose original weights
     are frozen (with ``config.lr_weights`` > 0 they train in joint epochs; the selected
-    epoch's come back in ``SearchResult.weights``). ``stop`` builds the stopping rule from the original model's accuracy on the
-    selection split (``AccuracyTarget.factory(early_stop)`` or
-    ``RemovalThreshold.factory(t)``). ``on_epoch`` receives each epoch's log row as soon as
+    epoch's come back in ``SearchResult.weights``). ``stop`` builds the stopping rule from the
+    original model's accuracy on the selection split (``AccuracyTarget.factory(early_stop)``
+    or ``RemovalThreshold.factory(t)``). ``on_epoch`` receives each epoch's log row as soon as
     it exists.
 
     By default (RQ1) the candidate is ``original`` followed by a new ReLU + Linear(N, K)
@@ -91,82 +79,101 @@ def search(
     masked, and the model's own outputs are the K logits. ``source_outputs`` are the
     original model's outputs for the problem's source classes (the accuracy to match;
     default: the source classes' dataset indices). With ``resume``, the whole state is saved
-    after every epoch and a saved state of the same run is continued: the rows already done
-    go to ``on_epoch`` again, and the result equals an uninterrupted run's.
+    after every epoch and a saved state of the same run is continued (see
+    :func:`~seam.reengineer.loop.fit`).
     """
     device = torch.device(device)
-    dtype = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     normalize = Normalize(mean, std, device)
-    train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
-    splits = problem.eval_splits()
-    if config.select_on not in splits:
-        raise SearchError(f"select_on is {config.select_on!r} but target problem {problem.name!r} has no "
-                          f"{config.select_on} images (set prepare.val_fraction > 0 or select_on: test)")
+    train_x = problem.train_x.to(device)
+    splits = selection_splits(problem, config.select_on)
 
     base = copy.deepcopy(original).to(device).eval()
     outputs = problem.source_classes if source_outputs is None else list(source_outputs)
     acc_original, num_outputs = _original_accuracy(base, problem, splits, normalize, device, output_layer, outputs)
     grain = granularity(config.granularity, base, normalize(train_x[:2]), round_to=config.round_to, cost=config.cost)
     model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device, grain)
-    head_params = list(head.parameters())
-    weights = _tuned_weights(base, head_params, config.lr_weights)
-    optim_head = torch.optim.Adam(head_params, lr=config.lr_head)
-    optim_joint = torch.optim.Adam([{"params": mask_scores(masks), "lr": config.lr_mask},
-                                    {"params": head_params, "lr": config.lr_head},
-                                    *([{"params": list(weights.values()), "lr": config.lr_weights}] if weights else [])])
+    weights = _tuned_weights(base, list(head.parameters()), config.lr_weights)
+    job = _MaskSearch(model, masks, head, weights, grain, config, (train_x, problem.train_y.to(device)), splits, normalize,
+                      gen, f"search {problem.name}")
     rule = stop(acc_original[config.select_on])
-    best = None
-    history = []
-    optims = {"optim_head": optim_head, "optim_joint": optim_joint}
-    state = resume.load() if resume is not None else None
-    if state is not None:
-        best, history = _restore(state, masks, head, weights, optims, gen, rule, device)
-    epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"search {problem.name}",
-                              progress=progress, on_epoch=on_epoch)
-    for epoch in epochs:
-        head_only = config.head_only_every > 0 and epoch % config.head_only_every == 0
-        loss_fn = _objective(masks, alpha_at(config, epoch), grain)
+    done = fit(job, rule, select_on=config.select_on, max_epochs=config.max_epochs, generator=gen, device=device,
+               resume=resume, on_epoch=on_epoch, progress=progress)
+    masks_kept, head_kept, weights_kept = done.kept  # every rule selects the first epoch
+    return SearchResult(masks=masks_kept, head=head_kept, selected_epoch=rule.selected_epoch,
+                        reached_target=rule.reached_target, acc_original=acc_original, history=done.history,
+                        weights=weights_kept)
+
+
+class _MaskSearch:
+    """The search as a :class:`~seam.reengineer.loop.Job`: every ``head_only_every``-th epoch
+    trains the head alone, the others the masks (and, with ``lr_weights``, the original
+    weights) with it, on CE + alpha x retention."""
+
+    def __init__(self, model: nn.Module, masks: dict, head: nn.Module, weights: dict[str, nn.Parameter],
+                 grain: Granularity, config: SearchConfig, train: tuple[torch.Tensor, torch.Tensor], splits: dict,
+                 normalize: Normalize, gen: torch.Generator, desc: str):
+        self.model, self.masks, self.head, self.weights, self.grain = model, masks, head, weights, grain
+        self.config, self.train, self.splits, self.normalize, self.gen, self.desc = (
+            config, train, splits, normalize, gen, desc)
+        self.device = train[0].device
+        self.dtype = resolve_precision(config.precision, self.device)
+        head_params = list(head.parameters())
+        self.optims = {
+            "optim_head": torch.optim.Adam(head_params, lr=config.lr_head),
+            "optim_joint": torch.optim.Adam([
+                {"params": mask_scores(masks), "lr": config.lr_mask}, {"params": head_params, "lr": config.lr_head},
+                *([{"params": list(self.weights.values()), "lr": config.lr_weights}] if self.weights else [])]),
+        }
+
+    def epoch(self, epoch: int, progress: bool) -> dict:
+        c = self.config
+        head_only = c.head_only_every > 0 and epoch % c.head_only_every == 0
+        loss_fn = _objective(self.masks, alpha_at(c, epoch), self.grain)
         # Eval mode even while training: the search learns scores and the head, never the
         # original model's BatchNorm statistics (release: fix_bn, "IMPORTANT").
-        model.eval()
+        self.model.eval()
         # Head-only epochs need no gradient through the original model: freezing the scores
         # (and tuned weights) there makes autograd stop at the head: those epochs are ~3x cheaper.
-        for p in [*(m.scores for m in masks.values()), *weights.values()]:
+        searched = [*(m.scores for m in self.masks.values()), *self.weights.values()]
+        for p in searched:
             p.requires_grad_(not head_only)
         sums, n_batches = train_epoch(
-            model, optim_head if head_only else optim_joint, train_x, train_y, normalize=normalize, generator=gen,
-            batch_size=config.batch_size, padding=config.padding, loss_fn=loss_fn,
-            desc="head" if head_only else "head+mask", progress=batch_bar(progress), dtype=dtype)
-        for p in [*(m.scores for m in masks.values()), *weights.values()]:
+            self.model, self.optims["optim_head" if head_only else "optim_joint"], *self.train,
+            normalize=self.normalize, generator=self.gen, batch_size=c.batch_size, loss_fn=loss_fn,
+            desc="head" if head_only else "head+mask", progress=progress, dtype=self.dtype)
+        for p in searched:
             p.requires_grad_(True)
         loss, ce, train_kept = (sums / max(n_batches, 1)).tolist()
-
         with parametrize.cached():
-            accs = evaluate(model, splits, normalize, device)
+            accs = evaluate(self.model, self.splits, self.normalize, self.device)
         with torch.no_grad():
-            kept = grain.retention(masks).item()
-        selected = rule.update(epoch, accs[config.select_on], kept)
-        if selected:
-            best = (binary_masks(masks), copy.deepcopy({k: v.cpu() for k, v in head.state_dict().items()}),
-                    _cpu_copy(weights) if weights else None)
-        row = {"epoch": epoch, "phase": "head" if head_only else "head+mask", "loss": loss, "ce": ce,
-               "train_retention": train_kept, "retention": kept, **{f"{s}_acc": a for s, a in accs.items()},
-               "selected": rule.selected_epoch == epoch}
-        history.append(row)
-        if resume is not None:
-            resume.save(_snapshot(masks, head, weights, optims, gen, rule, best, history, device))
-        if on_epoch is not None:
-            on_epoch(row)
-        epochs.set_postfix(retention=f"{kept:.3f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if rule.should_stop:
-            break
+            kept = self.grain.retention(self.masks).item()
+        return {"phase": "head" if head_only else "head+mask", "loss": loss, "ce": ce, "train_retention": train_kept,
+                "retention": kept, **accs}
 
-    assert best is not None  # every rule selects the first epoch
-    return SearchResult(masks=best[0], head=best[1], selected_epoch=rule.selected_epoch,
-                        reached_target=rule.reached_target, acc_original=acc_original, history=history,
-                        weights=best[2])
+    def keep(self) -> tuple:
+        return (binary_masks(self.masks), copy.deepcopy({k: v.cpu() for k, v in self.head.state_dict().items()}),
+                _cpu_copy(self.weights) if self.weights else None)
+
+    def state_dict(self) -> dict:
+        return {"scores": {name: m.scores.detach().cpu() for name, m in self.masks.items()},
+                "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+                "weights": _cpu_copy(self.weights), **{name: o.state_dict() for name, o in self.optims.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, m in self.masks.items():
+                m.scores.copy_(state["scores"][name])
+            for name, p in self.weights.items():
+                p.copy_(state["weights"][name])
+        self.head.load_state_dict(state["head"])
+        for name, o in self.optims.items():
+            o.load_state_dict(state[name])
+
+    def postfix(self, row: dict) -> dict:
+        return {"retention": f"{row['retention']:.3f}", **{k: f"{row[k]:.4f}" for k in row if k.endswith("_acc")}}
 
 
 def _tuned_weights(base: nn.Module, head_params: list, lr: float) -> dict[str, nn.Parameter]:
@@ -181,38 +188,6 @@ def _tuned_weights(base: nn.Module, head_params: list, lr: float) -> dict[str, n
 
 def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in tensors.items()}
-
-
-def _snapshot(masks: dict, head: nn.Module, weights: dict, optims: dict, gen: torch.Generator, rule, best,
-              history: list, device: torch.device) -> dict:
-    """Everything the next epoch depends on (CPU copies), for :class:`ResumeFile`."""
-    return {
-        "epoch": len(history) - 1,
-        "scores": {name: m.scores.detach().cpu() for name, m in masks.items()},
-        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "weights": _cpu_copy(weights),
-        **{name: o.state_dict() for name, o in optims.items()},
-        **rng_state(gen, device),
-        "rule": dataclasses.asdict(rule),
-        "best": best,
-        "history": history,
-    }
-
-
-def _restore(state: dict, masks: dict, head: nn.Module, weights: dict, optims: dict, gen: torch.Generator, rule,
-             device: torch.device) -> tuple:
-    """Put a :func:`_snapshot` back; returns (best, history)."""
-    with torch.no_grad():
-        for name, m in masks.items():
-            m.scores.copy_(state["scores"][name])
-        for name, p in weights.items():
-            p.copy_(state["weights"][name])
-    head.load_state_dict(state["head"])
-    for name, o in optims.items():
-        o.load_state_dict(state[name])
-    set_rng_state(state, gen, device)
-    restore_fields(rule, state["rule"])
-    return state["best"], list(state["history"])
 
 
 def alpha_at(config: SearchConfig, epoch: int) -> float:

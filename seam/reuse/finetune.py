@@ -13,23 +13,23 @@ best epoch, early stopping.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seam.core.errors import SeamError
-from seam.core.resume import ResumeFile, restore_fields, rng_state, set_rng_state
+from seam.core.params import FinetuneParams, NonNegativeInt
+from seam.core.resume import ResumeFile
 from seam.data.augment import Normalize
 from seam.data.problem import TargetProblem
 from seam.models.masks import apply_masks
-from seam.reengineer.loop import batch_bar, evaluate, remaining_epochs, train_epoch
+from seam.reengineer.loop import TrainingError, evaluate, fit, selection_splits, train_epoch
 from seam.reengineer.stopping import BestAccuracy
 
 
-class FinetuneError(SeamError, ValueError):
+class FinetuneError(TrainingError):
     """Bad fine-tuning input: classifier path, hyper-parameters, masks or data splits."""
 
 
@@ -89,21 +89,14 @@ def masked_start(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return new_model
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Hyper-parameters of one fine-tuning run; the stages fill it from params.yaml, where they are checked."""
+class FinetuneConfig(FinetuneParams):
+    """One fine-tuning run's settings: a ``finetune`` section of params.yaml (the release's SGD
+    with the output layer at a higher rate), where it selects, and whether only the output
+    layer trains (step 1 of the SeaM flow)."""
 
-    lr_hidden: float             # SGD lr of every layer but the output layer (SeaM/ReMos release)
-    lr_output: float             # SGD lr of the output layer
-    momentum: float
-    weight_decay: float
-    batch_size: int
-    max_epochs: int
-    early_stop: int              # stop after this many epochs without a better selection-split accuracy (<=0: never)
-    select_on: str               # "val" or "test" (the release stops on the test split)
-    seed: int
-    train_only_output: bool = False   # step 1 of the SeaM flow: train the output layer only
-    padding: int = 4             # random-crop padding of the training augmentation
+    select_on: Literal["val", "test"]   # the release stops on the test split
+    seed: NonNegativeInt
+    train_only_output: bool = False
 
 
 @dataclass
@@ -134,71 +127,69 @@ def finetune(
     ``lr_hidden`` (or stay frozen with ``train_only_output``). Each epoch evaluates the
     ``select_on`` split (and the other split when it has images); the epoch with the
     highest selection accuracy is kept (:class:`~seam.reengineer.stopping.BestAccuracy`).
-    ``model`` itself is not modified. With ``resume``, the whole state is saved after every
-    epoch and a saved state of the same run is continued: the rows already done go to
-    ``on_epoch`` again, and the result equals an uninterrupted run's.
+    ``model`` itself is not modified. With ``resume``, the run continues a saved state of the
+    same run (see :func:`~seam.reengineer.loop.fit`).
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)  # dropout draws from the global RNG
     gen = torch.Generator().manual_seed(config.seed)
     normalize = Normalize(mean, std, device)
-    splits = problem.eval_splits()
-    if config.select_on not in splits:
-        raise FinetuneError(f"select_on is {config.select_on!r} but target problem {problem.name!r} has no "
-                            f"{config.select_on} images (set prepare.val_fraction > 0 or select_on: test)")
+    splits = selection_splits(problem, config.select_on)
     if not len(problem.train_y):
         raise FinetuneError("the target problem has no training images")
-    train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
+    train = (problem.train_x.to(device), problem.train_y.to(device))
 
     model = copy.deepcopy(model).to(device)
     head = _classifier_module(model, classifier)
     optim = _optimizer(model, head, classifier, config)
     # NHWC convolutions are faster on the CPU (oneDNN) and are cuDNN's fast path (as in search).
     model.to(memory_format=torch.channels_last)
+    rule = BestAccuracy(config.early_stop)
+    job = _FineTuning(model, head, optim, config, train, splits, normalize, gen, f"finetune {problem.name}")
+    done = fit(job, rule, select_on=config.select_on, max_epochs=config.max_epochs, generator=gen, device=device,
+               resume=resume, on_epoch=on_epoch, progress=progress)
+    return FinetuneResult(state_dict=done.kept, best_epoch=rule.selected_epoch, best_acc=rule.best_acc,
+                          history=done.history)
 
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+
+class _FineTuning:
+    """Fine-tuning as a :class:`~seam.reengineer.loop.Job`: SGD on cross-entropy, the model in
+    train mode (BatchNorm statistics move), or only the output layer."""
+
+    def __init__(self, model: nn.Module, head: nn.Module, optim: torch.optim.Optimizer, config: FinetuneConfig,
+                 train: tuple[torch.Tensor, torch.Tensor], splits: dict, normalize: Normalize,
+                 gen: torch.Generator, desc: str):
+        self.model, self.head, self.optim, self.config = model, head, optim, config
+        self.train, self.splits, self.normalize, self.gen, self.desc = train, splits, normalize, gen, desc
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         loss = F.cross_entropy(logits, y)
         return loss, torch.stack([loss.detach() * n, (logits.detach().argmax(1) == y).sum()])
 
-    rule = BestAccuracy(config.early_stop)
-    best_state = None
-    history = []
-    state = resume.load() if resume is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
-        set_rng_state(state, gen, device)
-        restore_fields(rule, state["rule"])
-        best_state, history = state["best"], list(state["history"])
-    epochs = remaining_epochs(history, rule.should_stop, config.max_epochs, desc=f"finetune {problem.name}",
-                              progress=progress, on_epoch=on_epoch)
-    for epoch in epochs:
-        _set_train_mode(model, head, config.train_only_output)
-        sums, _ = train_epoch(model, optim, train_x, train_y, normalize=normalize, generator=gen,
-                              batch_size=config.batch_size, padding=config.padding, loss_fn=loss_fn,
-                              desc="finetune", progress=batch_bar(progress))
-        loss, train_acc = (sums / len(train_y)).tolist()
-        accs = evaluate(model, splits, normalize, device)
-        improved = rule.update(epoch, accs[config.select_on])
-        if improved:
-            best_state = {k: v.detach().clone(memory_format=torch.contiguous_format).cpu()
-                          for k, v in model.state_dict().items()}
-        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, **{f"{s}_acc": a for s, a in accs.items()},
-               "selected": improved}
-        history.append(row)
-        if resume is not None:
-            resume.save({"epoch": epoch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                         "optimizer": optim.state_dict(), **rng_state(gen, device), "rule": asdict(rule),
-                         "best": best_state, "history": history})
-        if on_epoch is not None:
-            on_epoch(row)
-        epochs.set_postfix(loss=f"{loss:.4f}", **{f"{config.select_on}_acc": f"{accs[config.select_on]:.4f}"})
-        if rule.should_stop:
-            break
+    def epoch(self, epoch: int, progress: bool) -> dict:
+        _set_train_mode(self.model, self.head, self.config.train_only_output)
+        sums, _ = train_epoch(self.model, self.optim, *self.train, normalize=self.normalize, generator=self.gen,
+                              batch_size=self.config.batch_size, loss_fn=self._loss, desc="finetune",
+                              progress=progress)
+        loss, train_acc = (sums / len(self.train[1])).tolist()
+        return {"loss": loss, "train_acc": train_acc,
+                **evaluate(self.model, self.splits, self.normalize, self.train[0].device)}
 
-    assert best_state is not None  # the first epoch always beats -1
-    return FinetuneResult(state_dict=best_state, best_epoch=rule.selected_epoch, best_acc=rule.best_acc,
-                          history=history)
+    def keep(self) -> dict:
+        return {k: v.detach().clone(memory_format=torch.contiguous_format).cpu()
+                for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optimizer"])
+
+    def postfix(self, row: dict) -> dict:
+        return {"loss": f"{row['loss']:.4f}", **{k: f"{row[k]:.4f}" for k in row if k.endswith("_acc")}}
 
 
 def _optimizer(model: nn.Module, head: nn.Module, classifier: str, config: FinetuneConfig) -> torch.optim.SGD:
