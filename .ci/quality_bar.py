@@ -14,7 +14,7 @@ BASELINE_TARGET = "airplane"
 MAX_RETENTION = 0.25        # RQ1: weights kept
 MIN_FLOPS_REDUCTION = 0.60  # RQ2: fvcore FLOPs, non-zero weights only
 MIN_DEEPSPARSE_REDUCTION = 0.40  # RQ2: median of interleaved pairs
-# Channel granularity (issue 13): the same problem searched for whole channels; its compact
+# Channel granularity: the same problem searched for whole channels; its compact
 # export must be 40% faster on the dense engines, onnxruntime against the original and torch
 # against the masked model (the original network's compute, with the head).
 CHANNEL_TARGET = "airplane_channel"

@@ -202,7 +202,7 @@ def test_unverified_fetch_copies_without_a_digest_and_refuses_by_default(tmp_pat
 
 
 def test_a_relative_path_means_the_same_file_in_a_queued_experiment(tmp_path, monkeypatch):
-    """Issue 12.5: `dvc exp run --queue` runs a copy of the workspace at
+    """`dvc exp run --queue` runs a copy of the workspace at
     <workspace>/.dvc/tmp/exps/<tmp>/; `../shared/...` there is taken from the workspace."""
     from seam.core.download import shown_path, workspace_path
 

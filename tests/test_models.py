@@ -382,7 +382,7 @@ def test_kill_9_mid_search_then_a_rerun_resumes_to_identical_outputs(project):
 
 
 def test_an_altered_checkpoint_behind_model_json_is_refused(project):
-    """Issue: a same-architecture checkpoint with other weights was evaluated silently."""
+    """A same-architecture checkpoint with other weights was evaluated silently."""
     record = fetch_pretrained(params(), project / "out")
     save_pretrained(record, project / "out")
     load_pretrained(project / "out")  # intact: loads

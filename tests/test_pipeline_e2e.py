@@ -239,7 +239,7 @@ def results(repo: Path) -> dict[str, bytes]:
 
 
 def test_a_params_typo_stops_at_validate_and_keeps_every_result(pipeline):
-    """Issue 12.3: a bad value in a key only a late stage reads (its plots were uncached, and
+    """A bad value in a key only a late stage reads (its plots were uncached, and
     DVC deleted them before the stage refused the value) now stops the run before any stage."""
     repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
     original, before = (repo / "params.yaml").read_text(), results(repo)
@@ -296,7 +296,7 @@ def test_a_queued_target_comes_back_through_the_run_cache(pipeline):
 
 
 def test_a_relative_dataset_source_works_in_a_queued_experiment(pipeline):
-    """Issue 12.5: the README's relative offline override (`../shared/...`) also works where
+    """The README's relative offline override (`../shared/...`) also works where
     `dvc exp run --queue` runs, a copy of the workspace under .dvc/tmp/exps/."""
     repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
     assert (repo.parent / "tiny").is_dir()

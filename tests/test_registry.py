@@ -14,7 +14,6 @@ from seam.core.download import ChecksumError, DownloadError, file_digest
 from seam.models.architectures import chenyaofo_cifar_resnet, chenyaofo_vgg16_bn, cifar_resnet
 from seam.models.fetch import MIRROR_ENV, fetch_model
 from seam.models.registry import (
-    DEFAULT_MODEL,
     REGISTRY,
     ModelError,
     get_spec,
@@ -67,8 +66,10 @@ def test_entry_metadata_is_consistent(name: str) -> None:
     assert len(spec.mean) == len(spec.std) == 3
 
 
-def test_default_model_is_registered() -> None:
-    assert get_spec(DEFAULT_MODEL).name == "resnet20"
+def test_the_default_model_is_registered() -> None:
+    from seam.core.params import ModelParams
+
+    assert get_spec(ModelParams().name).name == "resnet20"
 
 
 def test_unknown_name_lists_known_names() -> None:

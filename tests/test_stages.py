@@ -73,7 +73,7 @@ def test_image_size_that_does_not_fit_the_model_is_refused():
 
 
 def test_prepare_reports_images_per_class_and_a_short_class(tmp_path):
-    """Issue 12.4: a class that lost images (a partial download) shows in prepare's output and metrics."""
+    """A class that lost images (a partial download) shows in prepare's output and metrics."""
     from PIL import Image
 
     for split, sizes in (("train", {"ant": 6, "bee": 6, "cow": 3}), ("test", {"ant": 2, "bee": 2, "cow": 2})):

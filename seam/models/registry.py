@@ -15,9 +15,6 @@ from torch import nn
 
 from seam.core.errors import SeamError
 
-DEFAULT_MODEL = "resnet20"
-
-
 class ModelError(SeamError, ValueError):
     """Unknown model name, unreadable checkpoint, or checkpoint that does not fit the model."""
 
@@ -159,7 +156,7 @@ def _torchvision(arch: str, prefix: str) -> ModelSpec:
 
 
 _SPECS = [
-    # Full sha256 digests: /work/shared/README.md, measured on the files that
+    # Full sha256 digests, measured on the files that
     # akamaster/pytorch_resnet_cifar10 publishes under pretrained_models/.
     _akamaster(20, "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
     _akamaster(32, "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),

@@ -1,7 +1,7 @@
 """ReMoS (Zhang et al., ICSE 2022, "Relevant Model Slicing"): the RQ3 baseline that zeroes the
 convolution weights a target problem does not need, then fine-tunes the rest.
 
-The slice follows the public ReMoS artifact, as the issue that added it describes it:
+The slice follows the public ReMoS artifact:
 
 1. Run the pretrained model in eval mode over the target's training images and capture the
    input and the output (before BatchNorm) of every ``nn.Conv2d``.
