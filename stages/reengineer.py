@@ -41,9 +41,15 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     # Several targets in parallel (`dvc queue start -j N`) share the cores: OMP_NUM_THREADS sets each one's share.
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"re-engineering {info.name} for {target} ({problem.class_names}) on {device}{threads}", file=sys.stderr)
-    # Saved after every epoch; a rerun of this very run (same params, inputs, code) continues it.
+    # Saved after every epoch; a rerun of this very run (same effective settings, inputs, code) continues
+    # it, or, once it has finished, restores its outputs: DVC re-runs every search when a param of the
+    # section changes, also where a target's own settings override that param.
     resume = ResumeFile.for_stage(state_dir, f"reengineer-{target}", device=device, inputs=(problem_file,),
                                   config=config.model_dump(), model=info.sha256)
+    if resume.restore_outputs(out, log, timing):
+        print(f"{target}: the last search had the same settings, inputs and code: its outputs restored",
+              file=sys.stderr)
+        return
     start = time.perf_counter()
     result = search(original, problem, mean=info.mean, std=info.std, config=config,
                     stop=AccuracyTarget.factory(config.early_stop), device=device, on_epoch=on_epoch,
@@ -72,6 +78,7 @@ def main(target: str, problem_file: Path, pretrained_dir: Path, out: Path, log: 
     write_json({"seconds": round(seconds, 1), "epochs_run": len(result.history), "device": str(device),
                 "threads": torch.get_num_threads()}, timing)
     resume.clear()
+    resume.keep_outputs(out, log, timing)
     sel = result.history[result.selected_epoch]
     print(f"{target}: kept epoch {result.selected_epoch} of {len(result.history)} "
           f"(retention {sel['retention']:.4f}, {config.select_on} acc {sel[config.select_on + '_acc']:.4f} "

@@ -363,6 +363,7 @@ def test_kill_9_mid_search_then_a_rerun_resumes_to_identical_outputs(project):
 
     state = project / ".seam" / "resume" / "reengineer-t.pt"
     assert not state.exists()  # cleared after a finished run
+    shutil.rmtree(project / ".seam" / "resume" / "reengineer-t.done")  # else the rerun restores the finished one
     proc = subprocess.Popen([sys.executable, str(REPO / "stages" / "reengineer.py"), *args], cwd=project,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -408,3 +409,28 @@ def test_a_model_json_written_before_the_package_layout_still_loads(tmp_path):
         "arch": "seam.architectures:cifar_resnet", "kwargs": {"depth": 20, "num_classes": 10}, "classifier": "linear"}))
     record, model = load_pretrained(tmp_path)
     assert type(model).__module__ == "seam.models.architectures" and record.arch == "seam.architectures:cifar_resnet"
+
+
+def test_a_search_reruns_only_when_its_effective_settings_change(project):
+    """DVC re-runs every search when a param of the `reengineer` section (or alpha) changes; a
+    target whose own settings override that param gets the outputs of its last search back."""
+    reengineer_through_params(project, params().model_dump(), tiny_target())
+    args = ["t", "data/t.pt", "pretrained", "out/t.pt", "out/t.csv", "out/t.json"]
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["targets"]["t"]["reengineer"] = {"alpha": 2.0}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    first = run(project, "reengineer.py", *args)
+    assert "outputs restored" not in first.stderr  # its own alpha: another search
+    outputs = {name: (project / "out" / name).read_bytes() for name in ("t.pt", "t.csv", "t.json")}
+    for name in outputs:
+        (project / "out" / name).unlink()  # as DVC deletes a stage's outputs before it runs it
+
+    raw["alpha"] = 0.5  # overridden by the target's own alpha: the same search
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    again = run(project, "reengineer.py", *args)
+    assert "outputs restored" in again.stderr and "search t" not in again.stderr
+    assert {name: (project / "out" / name).read_bytes() for name in outputs} == outputs
+
+    raw["targets"]["t"]["reengineer"]["alpha"] = 1.5  # its own setting changed: a new search
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert "outputs restored" not in run(project, "reengineer.py", *args).stderr

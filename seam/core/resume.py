@@ -5,7 +5,10 @@ picks it up.
 The file holds a digest of everything that determines the result (params, the input files'
 bytes, the code, the torch version, the device and thread count); a state whose digest
 differs is ignored with a note, never silently reused. A stage of several loops (SeaM's
-flow) gives each loop its own :meth:`ResumeFile.step`.
+flow) gives each loop its own :meth:`ResumeFile.step`. A finished run can keep copies of its
+outputs (:meth:`ResumeFile.keep_outputs`): DVC re-runs a stage when any param it lists
+changes, and a rerun whose effective settings, inputs and code are those of the last run
+restores them instead of computing them again.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seam.core.atomic import save_torch
+from seam.core.atomic import atomic_dir, atomic_path, save_torch
 from seam.core.download import cached_sha256
 
 
@@ -73,6 +77,30 @@ class ResumeFile:
 
     def save(self, state: dict[str, Any]) -> None:
         save_torch({"digest": self.digest, "state": state}, self.path)
+
+    @property
+    def _done(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.done")
+
+    def keep_outputs(self, *paths: str | os.PathLike) -> None:
+        """Keep copies of this finished run's output files, under its digest (one run per stage
+        name: the last one)."""
+        with atomic_dir(self._done) as tmp:
+            for i, path in enumerate(paths):
+                shutil.copyfile(path, tmp / str(i))
+            (tmp / "digest").write_text(self.digest)
+
+    def restore_outputs(self, *paths: str | os.PathLike) -> bool:
+        """Put the outputs :meth:`keep_outputs` kept for this very run back at ``paths`` (in the
+        same order); False, and nothing written, if the last finished run was another."""
+        digest = self._done / "digest"
+        kept = [self._done / str(i) for i in range(len(paths))]
+        if not digest.is_file() or digest.read_text() != self.digest or not all(k.is_file() for k in kept):
+            return False
+        for src, dst in zip(kept, paths):
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        return True
 
     def clear(self) -> None:
         """Remove the state and its steps' (the run is done)."""
