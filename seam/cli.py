@@ -153,6 +153,18 @@ def profile(
 
 
 @command
+def params() -> None:
+    """Print the params.yaml reference (Markdown), rendered from the schema.
+
+    Every key's type, default and meaning, as seam/core/params.py declares them:
+    `seam params > docs/params.md` regenerates the committed copy.
+    """
+    from seam.core.paramsdoc import params_reference
+
+    typer.echo(params_reference(), nl=False)
+
+
+@command
 def predict(
     model: Path = typer.Argument(..., help="<target>.pt2, <target>.onnx (models/export/) or an artifact "
                                            "(models/reengineered/<target>.pt)"),
