@@ -135,7 +135,15 @@ def profile(
     params: Path = typer.Option(Path("params.yaml"), help="the params file to update"),
     folder: Path = typer.Option(Path("profiles"), help="where the profiles live"),
 ) -> None:
-    """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them."""
+    """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them.
+
+    A profile is an overlay: it names only the keys whose values differ from
+    the committed params.yaml. Applying it writes those keys into params.yaml
+    (mappings merged key by key, `targets` replaced whole); every key it does
+    not name keeps the value params.yaml has now, so values left by another
+    profile or your own edits stay. Start from the committed file
+    (`git checkout params.yaml`) to get exactly the paper's row.
+    """
     from seam.core.paramsfile import read_yaml, update_params
 
     files = sorted(folder.glob("*.yaml"))
