@@ -4,7 +4,9 @@ Every stage reads the whole file through :func:`load_params`, so a typo anywhere
 before any stage writes, and errors name the key path (``reengineer.lr_mask: ...``).
 params.yaml must set every key that has a value (DVC tracks what the file says, so no value
 may come from a hidden default; a key whose default is null or empty, "not used", may be
-left out) and no other: a missing or unknown key is an error.
+left out) and no other: a missing or unknown key is an error. Values are taken as written:
+a string, ``true`` or ``.nan`` where a number belongs is refused (an integer is a number).
+Each key's meaning is its field's docstring; ``seam params`` renders them all (docs/params.md).
 """
 
 from __future__ import annotations

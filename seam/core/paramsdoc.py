@@ -7,43 +7,41 @@ prints this rendering and `docs/params.md` is its committed copy (a test keeps t
 from __future__ import annotations
 
 import math
+import re
 import types
 from typing import Any, Iterator, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic.fields import FieldInfo
 
+from seam.core import params as schema_module
 from seam.core.params import Params, Section
 
 REGENERATE = "uv run seam params > docs/params.md"
 
-HEADER = f"""\
+def params_reference() -> str:
+    """The Markdown reference of params.yaml: one table per section, in the schema's order."""
+    # the file's rules are the schema module's docstring, past its title; Sphinx roles dropped
+    rules = re.sub(r":\w+:`", "`", schema_module.__doc__.split("\n\n", 1)[1]).strip()
+    parts = [f"""\
 # params.yaml reference
 
 <!-- Generated from seam/core/params.py by `{REGENERATE}`: edit the schema, not this file. -->
 
 Every key of `params.yaml`: its type, its default (the value the committed `params.yaml`
-holds) and its meaning. Every stage validates the whole file before it writes anything;
-an error names the key path. The file must set every key that has a value (DVC tracks
-what the file says), except that a key whose default is `null` or `{{}}` ("not used") may be
-left out; an unknown key is an error. Nothing is coerced: a number where a string belongs,
-or a string, `true` or `.nan` where a number belongs, is refused (an integer is a valid
-number).
+holds) and its meaning.
+
+{rules}
 
 Profiles (`profiles/*.yaml`, applied with `seam profile NAME`) set only the keys whose
 values differ from these defaults.
-"""
-
-
-def params_reference() -> str:
-    """The Markdown reference of params.yaml: one table per section, in the schema's order."""
-    parts = [HEADER]
+"""]
     for path, section in _sections(Params):
         parts.append(_section_text(path, section))
     return "\n".join(parts)
 
 
-def section_fields(schema: type[Section]) -> tuple[dict[str, FieldInfo], dict[str, type[Section]]]:
+def _section_fields(schema: type[Section]) -> tuple[dict[str, FieldInfo], dict[str, type[Section]]]:
     """A section's fields split into plain keys and nested sections, each in declaration order."""
     keys, nested = {}, {}
     for name, field in schema.model_fields.items():
@@ -56,7 +54,7 @@ def section_fields(schema: type[Section]) -> tuple[dict[str, FieldInfo], dict[st
 
 def _sections(schema: type[Section], path: str = "") -> Iterator[tuple[str, type[Section]]]:
     yield path, schema
-    for name, nested in section_fields(schema)[1].items():
+    for name, nested in _section_fields(schema)[1].items():
         yield from _sections(nested, f"{path}.{name}" if path else name)
 
 
@@ -65,19 +63,19 @@ def _section_text(path: str, schema: type[Section]) -> str:
     lines = [f"{'#' * (depth + 1)} {path or 'Top level'}", ""]
     if path:  # the root's docstring ("the whole of params.yaml") says nothing the heading does not
         lines += [_one_line(schema.__doc__), ""]
-    keys = section_fields(schema)[0]
+    keys = _section_fields(schema)[0]
     if keys:
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         prefix = f"{path}." if path else ""
         for name, field in keys.items():
             cells = (f"`{prefix}{name}`", _type_text(field.annotation, field.metadata),
-                     f"`{yaml_value(field.default)}`", _one_line(field.description))
+                     f"`{_yaml_value(field.default)}`", _one_line(field.description))
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def yaml_value(value: Any) -> str:
+def _yaml_value(value: Any) -> str:
     """`value` as params.yaml spells it, on one line (flow style, keys in their order)."""
     text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=math.inf)
     return text.removesuffix("\n").removesuffix("\n...").strip()
@@ -96,14 +94,14 @@ def _type_text(annotation: Any, metadata: list) -> str:
     """A field's type and bounds in words: `number > 0`, `` `val` or `test` ``, `null or int > 0`."""
     if get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
-        inner = members[0] if len(members) == 1 else Union[tuple(members)]
-        return f"null or {_type_text(inner, metadata)}"
+        text = " or ".join(_type_text(m, metadata) for m in members)
+        return f"null or {text}" if len(members) < len(get_args(annotation)) else text
     if hasattr(annotation, "__metadata__"):  # Annotated[base, Field(...)] inside Optional
         base, *extra = get_args(annotation)
         found = [m for e in extra for m in (e.metadata if isinstance(e, FieldInfo) else [e])]
         return _type_text(base, [*metadata, *found])
     if get_origin(annotation) is Literal:
-        names = [f"`{yaml_value(v)}`" for v in get_args(annotation)]
+        names = [f"`{_yaml_value(v)}`" for v in get_args(annotation)]
         return ", ".join(names[:-1]) + f" or {names[-1]}"
     return _with_bounds(_base_name(annotation), metadata)
 
