@@ -51,7 +51,8 @@ class DatasetParams(Section):
     """imagefolder (required): a directory, a `.tar`/`.tar.gz`/`.tgz` archive, as a path or an http(s)
     URL. cifar10/cifar100: an optional local copy of the official python archive (offline)."""
     sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
-    """Optional sha256 of an imagefolder archive, verified before it is unpacked."""
+    """Optional sha256 of the dataset's archive (an imagefolder archive, or the CIFAR archive
+    given as `source` or downloaded), verified before it is used."""
 
     @model_validator(mode="after")
     def _imagefolder_needs_a_source(self) -> "DatasetParams":
