@@ -135,7 +135,15 @@ def profile(
     params: Path = typer.Option(Path("params.yaml"), help="the params file to update"),
     folder: Path = typer.Option(Path("profiles"), help="where the profiles live"),
 ) -> None:
-    """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them."""
+    """Apply a paper profile (one row of Tables I/II/V/VI) to params.yaml; without a name, list them.
+
+    A profile is an overlay: it names only the keys whose values differ from
+    the committed params.yaml. Applying it writes those keys into params.yaml
+    (mappings merged key by key, `targets` replaced whole); every key it does
+    not name keeps the value params.yaml has now, so values left by another
+    profile or your own edits stay. Start from the committed file
+    (`git checkout params.yaml`) to get exactly the paper's row.
+    """
     from seam.core.paramsfile import read_yaml, update_params
 
     files = sorted(folder.glob("*.yaml"))
@@ -150,6 +158,18 @@ def profile(
     result = update_params(params, read_yaml(path), replace={"targets"})
     typer.echo(f"{params}: profile {name} applied ({len(result.targets)} targets, model {result.model.name}, "
                f"dataset {result.dataset.name}); run `dvc exp run` or `dvc status` to see the stages")
+
+
+@command
+def params() -> None:
+    """Print the params.yaml reference (Markdown), rendered from the schema.
+
+    Every key's type, default and meaning, as seam/core/params.py declares them:
+    `seam params > docs/params.md` regenerates the committed copy.
+    """
+    from seam.core.paramsdoc import params_reference
+
+    typer.echo(params_reference(), nl=False)
 
 
 @command

@@ -142,6 +142,33 @@ def test_update_params_validates_before_writing(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temporary file left
 
 
+DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def overlaid(base: dict, overlay: dict, path: str = "") -> dict:
+    """`overlay` over `base` as a profile is applied: mappings key by key, `targets` whole."""
+    out = dict(base)
+    for key, value in overlay.items():
+        here = f"{path}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and here != "targets":
+            out[key] = overlaid(base[key], value, f"{here}.")
+        else:
+            out[key] = value
+    return out
+
+
+def restated(overlay: dict, base: dict, path: str = "") -> list[str]:
+    """Key paths where `overlay` says what `base` already does (an empty mapping says nothing)."""
+    found = []
+    for key, value in overlay.items():
+        here = f"{path}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and here != "targets":
+            found += restated(value, base[key], f"{here}.") if value else [f"{here} (empty)"]
+        elif key in base and base[key] == value:
+            found.append(here)
+    return found
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 def test_profiles_apply_and_validate(tmp_path: Path, profile: Path) -> None:
     params = _params(tmp_path)
@@ -149,8 +176,9 @@ def test_profiles_apply_and_validate(tmp_path: Path, profile: Path) -> None:
     assert run.exit_code == 0, run.output
     p = load_params(params)
     overlay = yaml.safe_load(profile.read_text())
-    assert p.model.name in REGISTRY and p.model.name == overlay["model"]["name"]
-    assert p.targets == overlay["targets"] and p.reengineer.model_dump() == overlay["reengineer"]
+    # the overlay's keys win, every other key keeps params.yaml's value, `targets` is the profile's alone
+    assert p.model_dump() == overlaid(DEFAULTS, overlay)
+    assert p.model.name in REGISTRY and p.targets == overlay["targets"]
     if p.dataset.name != "cifar100":  # CIFAR-10's class names, in its order
         assert [n for n, s in p.targets.items() if s == "binary"] == list(CIFAR10_CLASSES)
     elif "superclass" in p.targets.values():
@@ -159,6 +187,13 @@ def test_profiles_apply_and_validate(tmp_path: Path, profile: Path) -> None:
         assert len(p.targets) == 100
     title, needs = profile.read_text().splitlines()[:2]  # `seam profile` lists the title; the README the needs
     assert title.startswith("# ") and "network" in title + needs
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_profiles_hold_only_what_differs_from_params_yaml(profile: Path) -> None:
+    # one source of truth: a value equal to params.yaml's belongs to params.yaml alone
+    assert restated(yaml.safe_load(profile.read_text()), DEFAULTS) == [], (
+        f"{profile.name} repeats params.yaml's values; delete those keys from the profile")
 
 
 def test_profile_errors(tmp_path: Path) -> None:

@@ -1,14 +1,19 @@
-"""The params schema: its defaults are params.yaml, and every bad value is refused with its key path."""
+"""The params schema: its defaults are params.yaml, every key has a meaning, docs/params.md is
+rendered from it, and every bad value is refused with its key path."""
 
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
 from conftest import REPO
+from typer.testing import CliRunner
 
-from seam.core.params import Params, ParamsError, load_params
+from seam.cli import app
+from seam.core.params import Params, ParamsError, Section, load_params
+from seam.core.paramsdoc import params_reference
 
 YAML = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -17,6 +22,81 @@ def test_defaults_are_params_yaml():
     # Every key of params.yaml is in the schema, with params.yaml's value as its default.
     assert Params().model_dump() == YAML
     assert load_params(REPO / "params.yaml") == Params()
+
+
+def walk(schema: type[Section] = Params, path: str = ""):
+    """(key path, field) of every key, sections included, depth first in declaration order."""
+    for name, field in schema.model_fields.items():
+        yield f"{path}{name}", field
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield from walk(field.annotation, f"{path}{name}.")
+
+
+def is_section(field) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+
+
+def test_every_key_has_a_description():
+    # a key's meaning is its attribute docstring; a section's is its class's docstring
+    missing = [path for path, field in walk() if not is_section(field) and not (field.description or "").strip()]
+    missing += [f"{path} ({field.annotation.__name__} docstring)" for path, field in walk()
+                if is_section(field) and not (field.annotation.__dict__.get("__doc__") or "").strip()]
+    assert not missing, f"keys without a description in seam/core/params.py: {missing}"
+
+
+def test_docs_params_md_is_rendered_from_the_schema():
+    committed = (REPO / "docs" / "params.md").read_text()
+    assert committed == params_reference(), (
+        "docs/params.md differs from the schema in seam/core/params.py; "
+        "regenerate it with `uv run seam params > docs/params.md`")
+
+
+def test_seam_params_prints_the_reference():
+    run = CliRunner().invoke(app, ["params"])
+    assert run.exit_code == 0 and run.output == params_reference()
+
+
+def reference_rows() -> list[tuple[str, list[str]]]:
+    """The reference's table rows: (key path, [type, default, meaning]), cells unescaped."""
+    rows = []
+    for line in params_reference().splitlines():
+        if line.startswith("| `"):
+            key, *cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.append((key.strip("`"), cells))
+    return rows
+
+
+def test_reference_has_every_key_with_its_default_and_meaning():
+    rows = dict(reference_rows())
+    keys = [path for path, field in walk() if not is_section(field)]
+    assert sorted(path for path, _ in reference_rows()) == sorted(keys)  # each key once, nothing else
+    for path, field in walk():
+        if is_section(field):
+            continue
+        _type, default, meaning = rows[path]
+        value = YAML
+        for part in path.split("."):
+            value = value[part]
+        assert yaml.safe_load(default.strip("`")) == value, path  # params.yaml's own value
+        assert meaning == " ".join(field.description.split()), path
+
+
+@pytest.mark.parametrize("path, text", [
+    ("seed", "int >= 0"),
+    ("select_on", "`val` or `test`"),
+    ("device", "string matching `^(auto|cpu|cuda(:[0-9]+)?)$`"),
+    ("targets", "non-empty mapping"),
+    ("prepare.val_fraction", "number >= 0 and < 1"),
+    ("reengineer.lr_mask", "number > 0"),
+    ("reengineer.precision", "`fp32`, `bf16` or `auto`"),
+    ("model.input_size", "null or int > 0"),
+    ("model.classes", "null or list of string, at least 2 items"),
+    ("dataset.source", "null or non-empty string"),
+    ("benchmark.batch1", "bool"),
+    ("defects.attack.clip", "list of number, exactly 2 items"),
+])
+def test_reference_types_say_the_bounds(path, text):
+    assert dict(reference_rows())[path][0] == text
 
 
 def with_value(path: str, value):

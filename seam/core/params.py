@@ -4,7 +4,9 @@ Every stage reads the whole file through :func:`load_params`, so a typo anywhere
 before any stage writes, and errors name the key path (``reengineer.lr_mask: ...``).
 params.yaml must set every key that has a value (DVC tracks what the file says, so no value
 may come from a hidden default; a key whose default is null or empty, "not used", may be
-left out) and no other: a missing or unknown key is an error.
+left out) and no other: a missing or unknown key is an error. Values are taken as written:
+a string, ``true`` or ``.nan`` where a number belongs is refused (an integer is a number).
+Each key's meaning is its field's docstring; ``seam params`` renders them all (docs/params.md).
 """
 
 from __future__ import annotations
@@ -30,16 +32,27 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class Section(BaseModel):
+    """A mapping of params.yaml; each field's docstring is its meaning (``docs/params.md``)."""
+
     # strict: a YAML `true` or "0.1" where a number is expected is a typo, not a value
     # (ints still pass for floats). `.nan` / `.inf` are never a setting.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    # Attribute docstrings are the descriptions, so the reference is rendered from this file.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class DatasetParams(Section):
+    """The image dataset every target problem, and the RQ3 target, is drawn from."""
+
     name: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"
-    # imagefolder: directory, .tar/.tar.gz/.tgz path or http(s) URL; cifar: optional local copy of the archive
+    """`cifar10` or `cifar100` (torchvision's archives, md5-verified), or `imagefolder`: your own
+    images as `train/<class>/` and `test/<class>/` folders."""
     source: Optional[Annotated[str, Field(min_length=1)]] = None
-    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None  # of an imagefolder archive
+    """imagefolder (required): a directory, a `.tar`/`.tar.gz`/`.tgz` archive, as a path or an http(s)
+    URL. cifar10/cifar100: an optional local copy of the official python archive (offline)."""
+    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    """Optional sha256 of the dataset's archive (an imagefolder archive, or the CIFAR archive
+    given as `source` or downloaded), verified before it is used."""
 
     @model_validator(mode="after")
     def _imagefolder_needs_a_source(self) -> "DatasetParams":
@@ -52,16 +65,30 @@ class ModelParams(Section):
     """A registry entry by name, or any classifier: an architecture and its checkpoint, or a
     torch.export archive (``.pt2``, no ``arch``)."""
 
-    name: Annotated[str, Field(min_length=1)] = "resnet20"   # a registry entry, or a label for your model
-    arch: Optional[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = None  # "package.module:callable"
+    name: Annotated[str, Field(min_length=1)] = "resnet20"
+    """A registry name (`seam models`), or a label for your own model in logs and reports."""
+    arch: Optional[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = None
+    """Your model's architecture: `"package.module:callable"` returning the `nn.Module` (this
+    imports and runs that code). Required with a state-dict `checkpoint`; none with a `.pt2`."""
     kwargs: dict[str, Any] = {}
-    checkpoint: Optional[Annotated[str, Field(min_length=1)]] = None   # local path or http(s) URL
+    """Keyword arguments of `arch`, e.g. `{depth: 32, num_classes: 10}`."""
+    checkpoint: Optional[Annotated[str, Field(min_length=1)]] = None
+    """Your model's weights, a local path or http(s) URL: a state dict (with `arch`) or a
+    torch.export archive (`.pt2`: architecture and weights). Never unpickled. Unset: the
+    registry model `name`."""
     sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    """sha256 of `checkpoint`: required for a URL (downloads are verified), optional for a file."""
     mean: Optional[Annotated[list[float], Field(min_length=1)]] = None
+    """Input normalisation mean, one entry per input channel (required with `checkpoint`)."""
     std: Optional[Annotated[list[float], Field(min_length=1)]] = None
+    """Input normalisation std, one entry > 0 per input channel (required with `checkpoint`)."""
     input_size: Optional[PositiveInt] = None
-    classes: Optional[Annotated[list[str], Field(min_length=2)]] = None   # output order
-    classifier: Optional[Annotated[str, Field(min_length=1)]] = None      # dotted path of the final nn.Linear
+    """Square input size in pixels the model was trained on (required with `checkpoint`)."""
+    classes: Optional[Annotated[list[str], Field(min_length=2)]] = None
+    """Optional: the model's class names in output order, so target classes map onto outputs
+    by name (unset: dataset class i is output i, unless the registry knows the names)."""
+    classifier: Optional[Annotated[str, Field(min_length=1)]] = None
+    """Optional: dotted module path of the final `nn.Linear` (unset: the last `nn.Linear`)."""
 
     @model_validator(mode="after")
     def _one_way_to_name_a_model(self) -> "ModelParams":
@@ -90,82 +117,148 @@ class ModelParams(Section):
 
 
 class PrepareParams(Section):
+    """How each target problem's training images are split."""
+
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of the training images held out as the validation split, for model selection
+    (`select_on: val`)."""
 
 
 class ReengineerParams(Section):
     """The RQ1 mask search (`reengineer@<target>`)."""
 
     lr_mask: Positive = 0.05
+    """Adam learning rate of the mask scores. Paper: 0.05 for ResNet20-CIFAR10 and
+    VGG16-CIFAR100, 0.01 for VGG16-CIFAR10, 0.1-0.12 for ResNet20-CIFAR100."""
     lr_head: Positive = 0.1
+    """Adam learning rate of the new output layer (head). Release: 0.1."""
     batch_size: PositiveInt = 64
+    """Training batch size. Release: 64."""
     max_epochs: PositiveInt = 50
-    early_stop: NonNegativeInt = 15   # 0: never stop early
-    granularity: Literal["weight", "channel"] = "weight"   # what one mask score decides (seam.granularity)
-    round_to: PositiveInt = 16   # channel granularity: each conv keeps a multiple of this many channels
-    cost: Literal["weights", "macs"] = "weights"   # what the kept share counts (seam.granularity)
-    alpha_warmup: NonNegativeInt = 0   # epochs over which alpha rises from 0 (0: constant, the paper)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"   # compute dtype of the search's training passes
-    head_only_every: NonNegativeInt = 5   # epoch % this == 0 trains the head alone (release: 5; 0: never)
-    lr_weights: NonNegative = 0.0   # Adam lr of the original weights in joint epochs (0: frozen, the paper)
+    """Upper bound on search epochs. Paper: 300; 50 keeps the default pipeline CPU-sized."""
+    early_stop: NonNegativeInt = 15
+    """Stop this many epochs after the last new best selected epoch (0: never stop early)."""
+    granularity: Literal["weight", "channel"] = "weight"
+    """What one mask score decides: `weight` (the paper: sparse, faster on DeepSparse only) or
+    `channel` (whole filters: the compact export is a smaller dense model, faster on any engine)."""
+    round_to: PositiveInt = 16
+    """`channel` only: each conv keeps a multiple of this many channels, the extra ones by score
+    (the CPU kernels' channel block: 16 on AVX-512, 8 on AVX2; 1: no rounding)."""
+    cost: Literal["weights", "macs"] = "weights"
+    """What the kept share in the objective counts: `weights` (the paper) or `macs`
+    (multiply-accumulates: each weight once per output position, i.e. compute)."""
+    alpha_warmup: NonNegativeInt = 0
+    """Epochs over which alpha rises linearly from 0 to `alpha` (0: constant alpha, the paper).
+    A ramp removes the channels the target needs least first."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """Compute dtype of the search's forward and backward passes (`torch.autocast`): `fp32`,
+    `bf16`, or `auto` (bf16 where the CPU or GPU computes it natively, else fp32). Masks,
+    scores and optimiser state stay fp32."""
+    head_only_every: NonNegativeInt = 5
+    """Every this many epochs (`epoch % n == 0`) the head trains alone and the masks rest.
+    Release: 5; 0: every epoch trains masks and head together."""
+    lr_weights: NonNegative = 0.0
+    """Adam learning rate of the original model's own weights (and BatchNorm scales) in joint
+    epochs; 0: frozen, the paper. With `channel`, trained weights win back what removing whole
+    filters costs, and the artifact carries them."""
 
 
 class RetrainParams(Section):
-    """Table IV: the same architecture trained from scratch on each listed target (SGD, one lr)."""
+    """Table IV: the same architecture trained from scratch on each listed target (SGD, one lr).
+    Release: lr 0.1, momentum 0.9, weight decay 1e-4, batch 64, up to 300 epochs, early stop 30
+    on the test split."""
 
-    targets: Annotated[list[str], Field(min_length=1)] = ["vehicles"]   # names from `targets`
+    targets: Annotated[list[str], Field(min_length=1)] = ["vehicles"]
+    """Names from `targets` to retrain (the paper: its multi-class targets)."""
     lr: Positive = 0.1
+    """SGD learning rate, the same for every layer."""
     momentum: NonNegative = 0.9
+    """SGD momentum."""
     weight_decay: NonNegative = 0.0001
+    """SGD weight decay."""
     batch_size: PositiveInt = 64
+    """Training batch size."""
     max_epochs: PositiveInt = 60
-    early_stop: NonNegativeInt = 15   # 0: never stop early
+    """Upper bound on training epochs. Release: 300."""
+    early_stop: NonNegativeInt = 15
+    """Stop this many epochs after the last best selection accuracy (0: never). Release: 30."""
 
 
 class ExportParams(Section):
+    """The ONNX export of the original and re-engineered models, for the latency benchmark."""
+
     batch: PositiveInt = 16
+    """Fixed ONNX input batch size (the paper's latency protocol)."""
     opset: Annotated[int, Field(ge=7)] = 13
+    """ONNX opset (DeepSparse 1.8 accepts 13)."""
 
 
 class BenchmarkParams(Section):
+    """Latency of the original and re-engineered models on DeepSparse, onnxruntime and torch."""
+
     iterations: PositiveInt = 200
+    """Batches timed per measurement (the paper: the mean over 200 runs)."""
     warmup: NonNegativeInt = 20
+    """Untimed batches before each measurement."""
     pairs: PositiveInt = 5
+    """Interleaved original/re-engineered measurements; the median ratio is reported."""
     num_cores: Optional[PositiveInt] = None
-    batch1: bool = True   # also time single images (batch 1), beside export.batch
+    """Threads for every engine (unset: all cores)."""
+    batch1: bool = True
+    """Also time single images (batch 1: serving, phones) beside `export.batch`: the `b1_` keys."""
 
 
 class FinetuneParams(Section):
-    """RQ3 fine-tuning: the standard flow, and step 3 of the SeaM flow."""
+    """RQ3 fine-tuning: the standard flow, and step 3 of the SeaM flow.
+    Release: lr 0.005 hidden / 0.05 output, momentum 0, weight decay 1e-4, up to 300 epochs."""
 
     lr_hidden: Positive = 0.005
+    """SGD learning rate of every layer but the output layer."""
     lr_output: Positive = 0.05
+    """SGD learning rate of the new output layer."""
     momentum: NonNegative = 0.9
+    """SGD momentum (the release: 0; 0.9 converges within the CPU budget)."""
     weight_decay: NonNegative = 0.0001
+    """SGD weight decay."""
     batch_size: PositiveInt = 64
+    """Training batch size."""
     max_epochs: PositiveInt = 8
+    """Upper bound on fine-tuning epochs (the release: up to 300)."""
     early_stop: NonNegativeInt = 3
+    """Stop this many epochs after the last best selection accuracy (0: never)."""
 
 
 class OutputLayerParams(Section):
     """SeaM flow step 1: train the new output layer alone."""
 
     lr_output: Positive = 0.1
+    """SGD learning rate of the new output layer. Release: 0.1."""
     max_epochs: PositiveInt = 2
+    """Epochs of step 1."""
 
 
 class SeamReengineerParams(Section):
-    """SeaM flow step 2: re-engineer until `threshold` of the weights are removed."""
+    """SeaM flow step 2: re-engineer until `threshold` of the weights are removed.
+    Release: alpha 0.5, lr_mask 0.05, output layer lr 0.001."""
 
     alpha: NonNegative = 0.5
+    """Weight of the retention term in step 2's objective (as top-level `alpha` in RQ1)."""
     lr_mask: Positive = 0.05
-    lr_head: Positive = 0.001      # the model's own output layer plays the head
+    """Adam learning rate of the mask scores."""
+    lr_head: Positive = 0.001
+    """Adam learning rate of the head: here the model's own (step 1) output layer."""
     batch_size: PositiveInt = 64
+    """Training batch size."""
     max_epochs: PositiveInt = 100
+    """Upper bound on epochs; the search stops once `threshold` is reached (~90 epochs on the
+    default `defects.target`)."""
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    """Stop re-engineering once this share of the weights is removed (the paper's t)."""
 
 
 class SeamFlowParams(Section):
+    """RQ3, SeaM's flow: steps 1 and 2 (step 3 fine-tunes as `defects.finetune`)."""
+
     output_layer: OutputLayerParams = OutputLayerParams()
     reengineer: SeamReengineerParams = SeamReengineerParams()
 
@@ -173,24 +266,45 @@ class SeamFlowParams(Section):
 class RemosParams(Section):
     """ReMoS (the RQ3 baseline): slice by coverage and magnitude, then fine-tune as `finetune`."""
 
-    ratio: Annotated[float, Field(gt=0, lt=1)] = 0.1            # share of the conv weights removed
+    ratio: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    """Share of the conv weights removed (the paper: 0.1 for ResNet18, 0.03 for ResNet50)."""
     coverage_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.5
-    keep_mask: bool = False    # keep the removed weights at zero while fine-tuning (ReMoS does not)
+    """A channel is covered by an image when its min-max scaled spatial mean exceeds this."""
+    keep_mask: bool = False
+    """Hold the removed weights at zero while fine-tuning (ReMoS lets them regrow)."""
 
 
 class AttackParams(Section):
+    """The RQ3 attack: advertorch's `LinfPGDAttack` with the ReMoS feature loss against the
+    pretrained feature extractor, in normalised input space."""
+
     eps: Positive = 0.1
+    """L-inf radius of the perturbation."""
     nb_iter: PositiveInt = 40
+    """PGD steps."""
     eps_iter: Positive = 0.01
-    clip: Annotated[list[float], Field(min_length=2, max_length=2)] = [-2.2, 2.2]  # normalised input range
+    """Step size of each PGD step."""
+    clip: Annotated[list[float], Field(min_length=2, max_length=2)] = [-2.2, 2.2]
+    """`[min, max]` of the normalised input range the adversarial images are clipped to."""
     batch_size: PositiveInt = 256
+    """Images attacked per batch."""
 
 
 class DefectsParams(Section):
+    """Defect inheritance (RQ3): reuse the pretrained model on a problem whose label space
+    differs from its own, by standard fine-tuning, by ReMoS and by SeaM, and attack all three
+    with the same malicious inputs generated from the pretrained feature extractor."""
+
     target: dict[str, Any] = {"classes": ["bird", "cat", "deer", "dog", "frog", "horse"]}
+    """The RQ3 target problem, one spec in the forms of `targets` (default: the six CIFAR-10
+    animals)."""
     train_per_class: Optional[PositiveInt] = 1000
+    """At most this many training images per label, drawn with the seed: a CPU-sized slice
+    (null: every image)."""
     test_per_class: Optional[PositiveInt] = 300
+    """At most this many test images per label (null: every image)."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout before the new output layer of all three models (the paper's Fig. 8)."""
     finetune: FinetuneParams = FinetuneParams()
     remos: RemosParams = RemosParams()
     seam: SeamFlowParams = SeamFlowParams()
@@ -201,18 +315,35 @@ class Params(Section):
     """The whole of params.yaml."""
 
     seed: NonNegativeInt = 0
+    """Seed of target sampling, the validation split, head initialisation, augmentation and
+    batch order: the same params give the same metrics on the CPU."""
     alpha: NonNegative = 1.0
+    """Weight of the retention term in the search's objective CE + alpha * (share kept).
+    Paper: 1.0 for ResNet20/VGG16 on CIFAR-10, 1.5-2.0 on CIFAR-100 and ImageNet."""
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
+    """Compute device of every training and attack stage: `auto` (CUDA if available, else the
+    CPU), `cpu`, `cuda` or `cuda:N`."""
     select_on: Literal["val", "test"] = "val"
+    """Split that selects the epoch to keep, in the search and in fine-tuning: `val` (held out
+    from the training images, no test leakage) or `test` (the release's protocol)."""
     dataset: DatasetParams = DatasetParams()
     model: ModelParams = ModelParams()
-    # checked against the dataset by seam.data.targets
     targets: Annotated[dict[str, Any], Field(min_length=1)] = {"airplane": {"binary": 0},
                                "vehicles": {"classes": ["airplane", "automobile", "ship", "truck"],
                                             "train_per_class": 500},
                                "airplane_channel": {"binary": 0, "reengineer": {
                                    "granularity": "channel", "cost": "macs", "alpha": 2.0, "alpha_warmup": 10,
                                    "lr_mask": 0.005, "lr_weights": 0.0005, "precision": "bf16"}}}
+    """Target problems, name -> spec; each name is a DVC foreach key and a file name. Specs:
+    `{binary: c}` (class c, index or name, vs an equal number of other-class images),
+    `{classes: [i, j, ...]}` (a multi-class subset, labels re-indexed 0..K-1 in this order),
+    `{superclass: s}` (CIFAR-100 superclass s, 0..19: its 5 fine classes); short forms
+    `cat: binary`, `fish: superclass`, `pets: [cat, dog]`. Any spec may add
+    `train_per_class: n` / `test_per_class: n` (at most n images per label, drawn with the
+    seed) and `reengineer: {key: value, ...}`: search settings of its own (any `reengineer`
+    key, and `alpha`) over the section's; such a target is reported on its own, outside the
+    metrics' top-level means. Checked against the dataset's classes by `seam.data.targets`;
+    `seam targets` writes a grid, `seam profile` a paper row."""
     prepare: PrepareParams = PrepareParams()
     reengineer: ReengineerParams = ReengineerParams()
     retrain: RetrainParams = RetrainParams()
