@@ -155,9 +155,27 @@ def profile(
     path = folder / f"{name}.yaml"
     if not path.exists():
         raise SeamError(f"{path}: no such profile; known: {[f.stem for f in files]}")
-    result = update_params(params, read_yaml(path), replace={"targets"})
+    overlay = read_yaml(path)
+    result = update_params(params, overlay, replace={"targets"})
     typer.echo(f"{params}: profile {name} applied ({len(result.targets)} targets, model {result.model.name}, "
                f"dataset {result.dataset.name}); run `dvc exp run` or `dvc status` to see the stages")
+    kept = _off_default(result.model_dump(), type(result)().model_dump(), overlay)
+    if kept:
+        typer.echo(f"note: keys {name} does not set keep values other than the defaults: {', '.join(kept)} "
+                   "(`git checkout params.yaml` first for the profile alone)", err=True)
+
+
+def _off_default(values: dict, defaults: dict, overlay: dict, prefix: str = "") -> list[str]:
+    """Key paths outside ``overlay`` whose value differs from the schema's default."""
+    out = []
+    for key, value in values.items():
+        if key in overlay and not isinstance(overlay[key], dict) or key == "targets" and key in overlay:
+            continue
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "targets":
+            out += _off_default(value, defaults[key], overlay.get(key) or {}, f"{prefix}{key}.")
+        elif value != defaults.get(key):
+            out.append(f"{prefix}{key}")
+    return out
 
 
 @command

@@ -204,6 +204,18 @@ def test_profile_errors(tmp_path: Path) -> None:
     assert listing.exit_code == 0 and len(listing.output.splitlines()) == len(PROFILES)
 
 
+def test_a_profile_says_which_keys_it_leaves_off_their_defaults(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    folder = REPO / "profiles"
+    first = CliRunner().invoke(app, ["profile", "resnet20-cifar10-binary", "--params", str(params), "--folder",
+                                     str(folder)])
+    assert first.exit_code == 0 and "note:" not in first.output  # applied to the defaults: nothing left over
+    second = CliRunner().invoke(app, ["profile", "offline-resnet20-binary", "--params", str(params), "--folder",
+                                      str(folder)])
+    assert second.exit_code == 0
+    assert "keep values other than the defaults: select_on, model.name, retrain.targets" in second.output
+
+
 def test_a_written_grid_is_one_dvc_stage_per_target(tmp_path: Path) -> None:
     """The expansion is visible to DVC: `dvc stage list` names one reengineer stage per target."""
     for name in ("dvc.yaml", "params.yaml"):
