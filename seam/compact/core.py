@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from seam.compact import passes
 from seam.compact.graph import CompactError, TracedGraph, internal_error, trace
 from seam.compact.modules import FoldedConv2d
 from seam.compact.ops import WeightedOp, classify
+from seam.compact.passes import channel_groups, constants, keeps, liveness, mutated_late, needs
+from seam.compact.rewriter import Rewriter
 from seam.models.masks import MASKABLE
 
 __all__ = ["ChannelCost", "compact", "count_params"]
@@ -55,12 +56,12 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, atol: float = 1e-4
     # The analysis and the rewrite run on a CPU copy; the result moves to the input's device.
     g = TracedGraph(trace(copy.deepcopy(model).cpu()), example_input.detach().cpu())
     ops = {n: classify(g, n) for n in g.nodes}
-    mutated = passes.mutated_late(g, ops)
+    mutated = mutated_late(g, ops)
     with torch.no_grad():
-        cval = passes.constants(g, ops, mutated)
-        need = passes.needs(g, ops, cval)
-        keep = passes.keeps(g, ops, need)
-        new_gm, report = passes.Rewriter(g, ops, cval, keep).run()
+        cval = constants(g, ops, mutated)
+        need = needs(g, ops, cval)
+        keep = keeps(g, ops, need)
+        new_gm, report = Rewriter(g, ops, cval, keep).run()
         new_gm.eval()
         got = new_gm(example_input.detach().cpu())
     report["max_abs_diff"] = _max_diff(g.reference, got, atol)
@@ -113,18 +114,18 @@ class ChannelCost:
 
     @functools.cached_property
     def _channel_groups(self) -> dict:
-        return passes.channel_groups(self.g, self.ops)
+        return channel_groups(self.g, self.ops)
 
     def output_varies(self, keep: dict[str, torch.Tensor]) -> bool:
         """Whether the model's output still depends on its input with these rows kept."""
         like = next(iter(keep.values()))
-        live = passes.liveness(self.g, self.ops, keep, like)
+        live = liveness(self.g, self.ops, keep, like)
         out = [op for op in self.ops.values() if op.node.op == "output"]
         return any(bool(live[x].max() > 0) for op in out for x in op.inputs if x in live)
 
     def __call__(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
         like = next(iter(keep.values()))
-        live = passes.liveness(self.g, self.ops, keep, like)
+        live = liveness(self.g, self.ops, keep, like)
         kept = like.new_zeros(())
         for name, (rows, width, kernel, bias) in self.shapes.items():
             n = keep[name].sum() if name in keep else rows
