@@ -1,9 +1,11 @@
 """The passes over the classified graph: constants forward, needs backward, keeps forward, and
-the liveness and channel ties a channel search counts with (the rewrite is ``rewriter``)."""
+what a channel search counts with: each channel's liveness sources and the channel ties (the
+rewrite is ``rewriter``)."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 import torch.fx as fx
@@ -11,7 +13,7 @@ import torch.fx as fx
 from seam.compact.graph import TracedGraph
 from seam.compact.ops import ChannelMap, OpHandler
 
-__all__ = ["channel_groups", "constants", "keeps", "liveness", "mutated_late", "needs"]
+__all__ = ["channel_groups", "constants", "keeps", "live_sources", "mutated_late", "needs"]
 
 
 def mutated_late(g: TracedGraph, ops: dict[fx.Node, OpHandler]) -> set[fx.Node]:
@@ -42,15 +44,14 @@ def constants(g: TracedGraph, ops: dict, mutated: set) -> dict[fx.Node, torch.Te
     return cval
 
 
-def liveness(g: TracedGraph, ops: dict, rows: dict[str, torch.Tensor], like: torch.Tensor
-             ) -> dict[fx.Node, torch.Tensor]:
-    """Forward pass, differentiable in ``rows``: per channel node, which channels vary with the
-    input when each conv/linear keeps the output rows ``rows[module name]`` (see ``OpHandler.live``)."""
-    live: dict = {}
+def live_sources(g: TracedGraph, ops: dict) -> dict[fx.Node, list[Counter]]:
+    """Per channel node, per channel: the multiset of sources its liveness is made of
+    (``OpHandler.live_sources``), which ``seam.compact.liveness`` compiles into tensor ops."""
+    sources: dict = {}
     for n in g.nodes:
         if g.is_ch(n):
-            live[n] = ops[n].live(g, live, rows, like)
-    return live
+            sources[n] = ops[n].live_sources(g, sources)
+    return sources
 
 
 def channel_groups(g: TracedGraph, ops: dict) -> dict[fx.Node, torch.Tensor]:

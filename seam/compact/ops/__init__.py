@@ -16,7 +16,16 @@ every channel it reads or writes is kept.
 
 from seam.compact.graph import internal_error
 from seam.compact.ops.add import AddOp
-from seam.compact.ops.base import CompactBuilder, InputOp, OpHandler, OutputOp, ShapeOp, base_type, pairs
+from seam.compact.ops.base import (
+    ALWAYS_LIVE,
+    CompactBuilder,
+    InputOp,
+    OpHandler,
+    OutputOp,
+    ShapeOp,
+    base_type,
+    pairs,
+)
 from seam.compact.ops.channelwise import (
     BatchNormOp,
     CatOp,
@@ -31,6 +40,6 @@ from seam.compact.ops.channelwise import (
 from seam.compact.ops.registry import classify
 from seam.compact.ops.weighted import ConvOp, LinearOp, WeightedOp
 
-__all__ = ["AddOp", "BatchNormOp", "CatOp", "ChannelMap", "CompactBuilder", "ConvOp", "ElementwiseOp", "FlattenOp",
-           "GetItemOp", "InputOp", "LinearOp", "MeanOp", "OpHandler", "OutputOp", "PadOp", "PoolOp", "ShapeOp",
-           "WeightedOp", "base_type", "classify", "internal_error", "pairs"]
+__all__ = ["ALWAYS_LIVE", "AddOp", "BatchNormOp", "CatOp", "ChannelMap", "CompactBuilder", "ConvOp", "ElementwiseOp",
+           "FlattenOp", "GetItemOp", "InputOp", "LinearOp", "MeanOp", "OpHandler", "OutputOp", "PadOp", "PoolOp",
+           "ShapeOp", "WeightedOp", "base_type", "classify", "internal_error", "pairs"]

@@ -79,11 +79,8 @@ class AddOp(OpHandler):
             # every kept output channel is a folded constant: one input still gives the shape
             must_exist.add(max(self.inputs, key=lambda x: int(torch.isnan(cval[x]).sum())))
 
-    def live(self, g, live, rows, like):
-        dead = like.new_ones(g.channels(self.node))
-        for x in self.inputs:  # a channel of the sum varies if any input's does
-            dead = dead * (1 - live[x])
-        return 1 - dead
+    def live_sources(self, g, sources):
+        return self._tied_sources(g, sources)  # a channel of the sum varies if any input's does
 
     def ties(self, g):
         every = torch.arange(g.channels(self.node))

@@ -4,6 +4,7 @@ handler families share, and :class:`CompactBuilder`: the part of the rewriter a 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Callable, Protocol
 
 import torch
@@ -13,8 +14,8 @@ from torch.nn.utils import parametrize
 
 from seam.compact.graph import TracedGraph
 
-__all__ = ["CompactBuilder", "InputOp", "OpHandler", "OutputOp", "ShapeOp", "base_type", "call_arg", "nans", "pairs",
-           "removed_layer_entry"]
+__all__ = ["ALWAYS_LIVE", "CompactBuilder", "InputOp", "OpHandler", "OutputOp", "ShapeOp", "base_type", "call_arg",
+           "nans", "pairs", "removed_layer_entry"]
 
 
 class CompactBuilder(Protocol):
@@ -58,6 +59,8 @@ class CompactBuilder(Protocol):
 
 # --- helpers ----------------------------------------------------------------------------------
 
+ALWAYS_LIVE = "always live"  # the liveness source of a channel that varies whatever the keeps
+
 
 def base_type(m: nn.Module) -> type:
     """The module's class, seen through ``torch.nn.utils.parametrize`` (masks still attached)."""
@@ -94,7 +97,7 @@ class OpHandler:
 
     One instance per graph node; ``inputs`` are the channel tensors (nodes) it reads.
     Subclasses override :meth:`match` (recognise a node), :meth:`constants`,
-    :meth:`need_inputs`, :meth:`keep`, :meth:`live`, :meth:`ties` and :meth:`rewrite`.
+    :meth:`need_inputs`, :meth:`keep`, :meth:`live_sources`, :meth:`ties` and :meth:`rewrite`.
     """
 
     keeps_all = True  # every output channel is kept, and the node is never removed
@@ -126,12 +129,22 @@ class OpHandler:
         """The output channels present in the compact model (inputs' ``keep`` already known)."""
         return need[self.node].clone()
 
-    def live(self, g: TracedGraph, live: dict, rows: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """[C] in [0, 1], differentiable in ``rows``: which output channels still vary with the
-        input when each conv/linear keeps only the output rows ``rows[module name]`` gives (1:
-        kept). A removed row's channel is a constant, which the compact model folds away.
-        An opaque op keeps everything. ``like`` gives the dtype and device."""
-        return like.new_ones(g.channels(self.node))
+    def live_sources(self, g: TracedGraph, sources: dict[fx.Node, list[Counter]]) -> list[Counter]:
+        """Per output channel, the multiset of sources its liveness is made of (``sources``:
+        the inputs' already). A source is :data:`ALWAYS_LIVE` or ``(conv/linear node, row)``:
+        live as far as the row is kept and any input channel of that layer is live (a removed
+        row's channel is a constant, which the compact model folds away). A channel is live
+        when any of its sources is (``seam.compact.liveness``); one with no source is a
+        constant. An opaque op's channels always vary."""
+        return [Counter({ALWAYS_LIVE: 1}) for _ in range(g.channels(self.node))]
+
+    def _tied_sources(self, g: TracedGraph, sources: dict[fx.Node, list[Counter]]) -> list[Counter]:
+        """Each output channel made of the sources of the input channels it is tied to."""
+        out = [Counter() for _ in range(g.channels(self.node))]
+        for dst, x, src in self.ties(g):
+            for d, s in zip(dst.tolist(), src.tolist()):
+                out[d].update(sources[x][s])
+        return out
 
     def ties(self, g: TracedGraph) -> list[tuple[torch.Tensor, fx.Node, torch.Tensor]]:
         """``(output channels, input, its channels)``: channels that a channel search must keep

@@ -76,7 +76,6 @@ class ChannelMap(OpHandler):
                  fill: float = 0.0, const_fn: ConstFn = _identity_const):
         super().__init__(node, inputs)
         self.src_arg, self.src_ch, self.fill, self.const_fn = src_arg, src_ch, fill, const_fn
-        self._plans: dict[torch.device, list] = {}  # see _gather_plan
 
     @classmethod
     def same(cls, node: fx.Node, x: fx.Node, channels: int, const_fn: ConstFn = _identity_const, **kw: Any):
@@ -101,24 +100,14 @@ class ChannelMap(OpHandler):
         if out.any():
             must_exist.add(self.inputs[0])
 
-    def live(self, g, live, rows, like):
-        # a `fill` channel is a constant; an input's constant channel stays one (approximate
-        # where spatial padding or padded pooling makes it vary at the borders)
-        out = like.new_zeros(g.channels(self.node))
-        for x, (dst, src) in zip(self.inputs, self._gather_plan(like.device)):
-            out = out.index_put((dst,), live[x][src])
-        return out
+    def live_sources(self, g, sources):
+        # a `fill` channel has no source (a constant); an input's constant channel stays one
+        # (approximate where spatial padding or padded pooling makes it vary at the borders)
+        return self._tied_sources(g, sources)
 
     def ties(self, g):
-        return [(dst, x, src) for x, (dst, src) in zip(self.inputs, self._gather_plan(torch.device("cpu")))]
-
-    def _gather_plan(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per input: (output channels it gives, its channels they are), on ``device``; built
-        once per device, since :meth:`live` runs on every training batch."""
-        if device not in self._plans:
-            sels = [(self.src_arg == a).nonzero().flatten() for a in range(len(self.inputs))]
-            self._plans[device] = [(sel.to(device), self.src_ch[sel].to(device)) for sel in sels]
-        return self._plans[device]
+        sels = [(self.src_arg == a).nonzero().flatten() for a in range(len(self.inputs))]
+        return [(sel, x, self.src_ch[sel]) for x, sel in zip(self.inputs, sels)]
 
     def keep(self, g, need, keep):
         k = need[self.node].clone()

@@ -4,6 +4,7 @@ channels folded into the bias or (zero-padded convs) into ``FoldedConv2d.const_k
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -82,11 +83,9 @@ class WeightedOp(OpHandler):
             need[x] |= reads & torch.isnan(cval[x])
             must_exist.add(x)
 
-    def live(self, g, live, rows, like):
-        kept = rows.get(self.node.target)
-        if kept is None:
-            kept = like.new_ones(g.channels(self.node))
-        return kept * live[self.inputs[0]].max()  # with no live input, every row is a constant
+    def live_sources(self, g, sources):
+        # row r is its own source: kept or not, and with no live input every row is a constant
+        return [Counter({(self.node, r): 1}) for r in range(g.channels(self.node))]
 
     def removed(self, g, rw):
         rw.record_removed(self.node.target, removed_layer_entry(g, self.node, self.inputs[0], self.module))
