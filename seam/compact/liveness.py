@@ -150,7 +150,7 @@ class LivenessPlan:
 
     def _pair_fields(self, slots: torch.Tensor, owner: torch.Tensor, keep_of: torch.Tensor,
                      gate_of: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The (channel, source row) pairs and their groupings, for :meth:`keep_gradient`."""
+        """The (channel, source row) pairs and their groupings, for :meth:`_keep_gradient`."""
         pair_slot = (slots < len(keep_of)).flatten().nonzero().flatten()
         source = slots.flatten()[pair_slot]
         channel = pair_slot // slots.shape[1]
@@ -199,7 +199,7 @@ class LivenessPlan:
         """The liveness of each tracked tensor's channels, by node."""
         return {n: live[o:o + self._sizes[n]] for n, o in self.offsets.items()}
 
-    def fixed_point(self, ix: _Index, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fixed_point(self, ix: _Index, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gates ``s = F(s)`` and the liveness they give, without autograd. From all ones,
         each pass settles at least one more link of the chain: ``F`` is triangular, so the
         fixed point is unique, the one a walk in the graph's order finds."""
@@ -213,7 +213,7 @@ class LivenessPlan:
             gates = new
         raise internal_error("the liveness gates did not settle")
 
-    def keep_gradient(self, ix: _Index, flat: torch.Tensor, gates: torch.Tensor, live: torch.Tensor,
+    def _keep_gradient(self, ix: _Index, flat: torch.Tensor, gates: torch.Tensor, live: torch.Tensor,
                       grad: torch.Tensor) -> torch.Tensor:
         """d(grad . live)/d flat at the fixed point ``gates``, the chain through every gate
         included (the module docstring's triangular solve)."""
@@ -290,7 +290,7 @@ class _LiveChannels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, plan: LivenessPlan, ix: _Index) -> tuple[torch.Tensor, torch.Tensor]:
-        gates, live = plan.fixed_point(ix, flat)
+        gates, live = plan._fixed_point(ix, flat)
         ctx.save_for_backward(flat, gates, live)
         ctx.plan, ctx.ix = plan, ix
         ctx.mark_non_differentiable(gates)
@@ -300,4 +300,4 @@ class _LiveChannels(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         flat, gates, live = ctx.saved_tensors
-        return ctx.plan.keep_gradient(ctx.ix, flat, gates, live, grad), None, None
+        return ctx.plan._keep_gradient(ctx.ix, flat, gates, live, grad), None, None
