@@ -474,3 +474,24 @@ def test_internal_errors_are_not_compact_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="internal error") as info:
         compact(_randomise(ConvNet()), X)
     assert not isinstance(info.value, CompactError)
+
+
+def test_the_rewriter_implements_what_the_handlers_call():
+    """Handlers see the rewriter only through ``CompactBuilder``: the rewriter has each of its
+    methods with the same parameters, and no handler module imports the rewriter or the passes."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from seam.compact.ops.base import CompactBuilder
+    from seam.compact.rewriter import Rewriter
+
+    wanted = [name for name, f in vars(CompactBuilder).items() if inspect.isfunction(f) and not name.startswith("_")]
+    assert len(wanted) >= 10
+    for name in wanted:
+        assert list(inspect.signature(getattr(Rewriter, name)).parameters) == \
+            list(inspect.signature(getattr(CompactBuilder, name)).parameters), name
+    for path in Path(inspect.getfile(CompactBuilder)).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("seam.compact.rewriter", "seam.compact.passes"), path

@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TinyNet, tiny_target
 from torch import nn
 
-from seam.compact import ChannelCost, compact, passes
+from seam.compact import ChannelCost, compact
+from seam.compact.ops import AddOp, ChannelMap, WeightedOp
 from seam.deploy.flops import flop_breakdown
 from seam.models.architectures import chenyaofo_cifar_resnet, cifar_resnet
 from seam.models.masks import (
@@ -60,7 +62,7 @@ def test_the_count_follows_the_compact_model_layer_by_layer(build):
     keep = {name: (torch.rand(shape[0], generator=g) > 0.3).float() for name, shape in cost.shapes.items()}
     masked = apply_masks(copy.deepcopy(model), fill_masks(model, _channel_masks(model, keep)))
     _, report = compact(masked, x)
-    live = passes.liveness(cost.g, cost.ops, keep, torch.zeros(1))
+    live = cost.live(keep)
     output_layer = list(cost.shapes)[-1]
     checked = 0
     for name in cost.shapes:
@@ -73,6 +75,145 @@ def test_the_count_follows_the_compact_model_layer_by_layer(build):
     assert checked == len(cost.shapes) - 1 > 15
     assert cost({n: torch.ones(s[0]) for n, s in cost.shapes.items()}) == cost.total
     assert cost(keep) < 0.7 * cost.total  # removed channels take their consumers' slices along
+
+
+def walk_liveness(cost: ChannelCost, keep: dict[str, torch.Tensor], like: torch.Tensor) -> dict:
+    """The reference: the per-op walk ChannelCost took before its liveness plan. Each op maps
+    its inputs' liveness to its output's: a conv/linear ``keep * max(live[input])``, a
+    channel-wise op gathers (0 for a fill channel), an add ``1 - prod(1 - live[input])``,
+    anything else 1."""
+    g, live = cost.g, {}
+    for n in g.nodes:
+        if not g.is_ch(n):
+            continue
+        op = cost.ops[n]
+        if isinstance(op, WeightedOp):
+            kept = keep.get(n.target)
+            live[n] = (like.new_ones(g.channels(n)) if kept is None else kept) * live[op.inputs[0]].max()
+        elif isinstance(op, ChannelMap):
+            out = like.new_zeros(g.channels(n))
+            for a, x in enumerate(op.inputs):
+                sel = (op.src_arg == a).nonzero().flatten()
+                out = out.index_put((sel,), live[x][op.src_ch[sel]])
+            live[n] = out
+        elif isinstance(op, AddOp):
+            dead = like.new_ones(g.channels(n))
+            for x in op.inputs:
+                dead = dead * (1 - live[x])
+            live[n] = 1 - dead
+        else:
+            live[n] = like.new_ones(g.channels(n))
+    return live
+
+
+def walk_cost(cost: ChannelCost, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+    """ChannelCost's count as it was computed before its liveness plan (the reference)."""
+    like = next(iter(keep.values()))
+    live = walk_liveness(cost, keep, like)
+    kept = like.new_zeros(())
+    for name, (rows, width, kernel, bias) in cost.shapes.items():
+        n = keep[name].sum() if name in keep else rows
+        if name in cost.inputs:
+            width = live[cost.inputs[name]].sum() * kernel
+        kept = kept + n * (width + bias) * cost.positions.get(name, 1)
+    return kept
+
+
+class DiamondNet(nn.Module):
+    """Sources counted twice (``x + relu(x)``), an opaque product, a channel cat with a dead
+    input, and a conv reading the model input directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(6)
+        self.c = nn.Conv2d(10, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = self.bn(self.a(x))
+        a = a + F.relu(a)
+        y = F.relu(self.c(torch.cat([a, self.b(x)], 1)))
+        y = self.d(y * torch.sigmoid(y)) + y
+        return self.fc(y.mean((2, 3)))
+
+
+_COST_MODELS = {"option-A shortcuts": (lambda: cifar_resnet(20), 32),
+                "1x1 downsample": (lambda: chenyaofo_cifar_resnet(20, 10), 32),
+                "plain": (TinyNet, 8), "diamond": (DiamondNet, 8)}
+
+
+def _keep_patterns(cost: ChannelCost, n: int, seed: int, dtype=torch.float32, fraction=False):
+    """Random keeps: rows removed at random, whole layers' rows, whole residual branches,
+    every row, no row, a module left out; 0/1, or (``fraction``) in (0, 1) as well."""
+    g = torch.Generator().manual_seed(seed)
+    names = list(cost.shapes)
+    for i in range(n):
+        keep = {k: (torch.rand(s[0], generator=g) > (0.0, 0.1, 0.3, 0.6, 0.9)[i % 5]).to(dtype)
+                for k, s in cost.shapes.items()}
+        if fraction:
+            keep = {k: v * torch.rand(v.shape, generator=g, dtype=dtype) for k, v in keep.items()}
+            if i % 4 == 3:  # small gates downstream: the chain through them matters
+                keep = {k: v * (1e-3 if j % 3 == 1 else 1.0) for j, (k, v) in enumerate(keep.items())}
+        for k in names:
+            if (i % 3 == 1 and torch.rand(1, generator=g) < 0.2) or (i % 7 == 2 and ".conv" in k):
+                keep[k] = torch.zeros_like(keep[k])  # a whole layer (or every block's branch) removed
+        if i % 11 == 4:
+            del keep[names[0]]
+        if i % 13 == 6:
+            keep = {k: torch.full_like(v, float(i % 2)) for k, v in keep.items()}
+        yield keep
+
+
+@pytest.mark.parametrize("macs", [False, True], ids=["weights", "macs"])
+@pytest.mark.parametrize("model", list(_COST_MODELS))
+def test_the_count_is_the_walks_exactly_on_0_1_keeps(model, macs):
+    """On 0/1 keeps (a search's) the liveness plan gives the walk's count bit for bit, and its
+    gradient up to float rounding (the same terms, summed in another order)."""
+    build, size = _COST_MODELS[model]
+    torch.manual_seed(0)
+    cost = ChannelCost(_random_bn(build()), torch.randn(2, 3, size, size), macs=macs)
+    for keep in _keep_patterns(cost, 40, seed=1):
+        ours = {k: v.clone().requires_grad_() for k, v in keep.items()}
+        theirs = {k: v.clone().requires_grad_() for k, v in keep.items()}
+        got, want = cost(ours), walk_cost(cost, theirs)
+        assert torch.equal(got, want), (got, want)
+        (got + want).backward()
+        for k in ours:
+            scale = float(theirs[k].grad.abs().max())
+            torch.testing.assert_close(ours[k].grad, theirs[k].grad, rtol=1e-6, atol=1e-6 * scale)
+        live = walk_liveness(cost, keep, torch.zeros(1))
+        assert cost.output_varies(keep) == any(bool(live[x].max() > 0) for x in cost._outputs)
+        for node, channels in cost.live(keep).items():
+            assert torch.equal(channels, live[node]), node
+
+
+@pytest.mark.parametrize("model", list(_COST_MODELS))
+def test_the_count_and_its_gradient_are_the_walks_on_any_keeps(model):
+    """Keeps in (0, 1), in float64 to see past rounding: the same value and gradient, the chain
+    through every layer's max (tied channels share it evenly) included."""
+    build, size = _COST_MODELS[model]
+    torch.manual_seed(0)
+    cost = ChannelCost(_random_bn(build()), torch.randn(2, 3, size, size), macs=True)
+    for keep in _keep_patterns(cost, 16, seed=2, dtype=torch.float64, fraction=True):
+        ours = {k: v.clone().requires_grad_() for k, v in keep.items()}
+        theirs = {k: v.clone().requires_grad_() for k, v in keep.items()}
+        got, want = cost(ours), walk_cost(cost, theirs)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+        (got + want).backward()
+        for k in ours:
+            scale = float(theirs[k].grad.abs().max())
+            torch.testing.assert_close(ours[k].grad, theirs[k].grad, rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_the_count_is_the_same_under_autocast():
+    """The search computes its loss, and so the count, under autocast (``precision: bf16``)."""
+    cost = ChannelCost(_random_bn(cifar_resnet(20)), torch.randn(2, 3, 32, 32))
+    for keep in _keep_patterns(cost, 6, seed=3, fraction=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = cost(keep)
+        assert low.dtype == torch.float32 and torch.equal(low, cost(keep))
 
 
 def test_the_count_is_differentiable_in_every_layers_keep():

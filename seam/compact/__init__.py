@@ -36,9 +36,14 @@ How it works (model-agnostic, on a ``torch.fx`` graph):
    ``example_input`` against the original; a mismatch raises :class:`CompactError` rather
    than returning a wrong model.
 
-The code: ``modules`` holds the compact model's own layers, ``graph`` the trace,
-``ops`` one handler per kind of op (how it is recognised and what it does in each pass),
-``passes`` the passes, ``core`` the driver :func:`compact`.
+The code, each module importing only those listed before it: ``modules`` holds the compact
+model's own layers, ``graph`` the trace, ``ops`` one handler per kind of op (how it is
+recognised and what it does in each pass; a package by op family: ``base``, ``add``,
+``weighted``, ``channelwise``, and ``registry``, which picks the handler), ``passes`` the
+analysis passes, ``rewriter`` the rewrite (handlers reach it only through the small
+``ops.base.CompactBuilder`` protocol, so they never import it), ``liveness`` the channel
+liveness a channel search counts, compiled into a few tensor ops per call, ``core`` the
+driver :func:`compact` and :class:`ChannelCost`.
 
 Anything not understood (a custom op, a multiplication, an in-place op that others observe,
 BatchNorm/dropout in training mode, grouped convs, ...) is treated as opaque: all channels of

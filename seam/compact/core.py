@@ -7,13 +7,16 @@ import functools
 import math
 
 import torch
+import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from seam.compact import passes
 from seam.compact.graph import CompactError, TracedGraph, internal_error, trace
 from seam.compact.modules import FoldedConv2d
 from seam.compact.ops import WeightedOp, classify
+from seam.compact.liveness import LivenessPlan
+from seam.compact.passes import channel_groups, constants, keeps, mutated_late, needs
+from seam.compact.rewriter import Rewriter
 from seam.models.masks import MASKABLE
 
 __all__ = ["ChannelCost", "compact", "count_params"]
@@ -55,12 +58,12 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, atol: float = 1e-4
     # The analysis and the rewrite run on a CPU copy; the result moves to the input's device.
     g = TracedGraph(trace(copy.deepcopy(model).cpu()), example_input.detach().cpu())
     ops = {n: classify(g, n) for n in g.nodes}
-    mutated = passes.mutated_late(g, ops)
+    mutated = mutated_late(g, ops)
     with torch.no_grad():
-        cval = passes.constants(g, ops, mutated)
-        need = passes.needs(g, ops, cval)
-        keep = passes.keeps(g, ops, need)
-        new_gm, report = passes.Rewriter(g, ops, cval, keep).run()
+        cval = constants(g, ops, mutated)
+        need = needs(g, ops, cval)
+        keep = keeps(g, ops, need)
+        new_gm, report = Rewriter(g, ops, cval, keep).run()
         new_gm.eval()
         got = new_gm(example_input.detach().cpu())
     report["max_abs_diff"] = _max_diff(g.reference, got, atol)
@@ -73,14 +76,15 @@ class ChannelCost:
     """How many of ``model``'s conv/linear weights and biases a set of kept output channels
     leaves in the compact model: a layer keeps (its kept rows) x (its live input channels) x
     (kernel entries), plus its kept bias entries. An input channel is live when it still
-    varies with the input (``passes.liveness``): a removed channel is a constant, which the
-    compact model folds into its consumers, so removing it also removes their input slices.
+    varies with the input (``seam.compact.liveness``): a removed channel is a constant, which
+    the compact model folds into its consumers, so removing it also removes their input slices.
 
     Traced once on ``example_input``; calling it on ``{module name: [C_out] keep in [0, 1]}``
-    (missing modules keep every row) is differentiable in the keeps. A layer the analysis
-    does not follow counts as its rows times their full width. ``macs``: count each weight
-    once per output position (multiply-accumulates, what a dense engine computes) instead
-    of once.
+    (missing modules keep every row) is differentiable in the keeps, and takes a few tensor
+    ops whatever the model's size (a channel search calls it on every batch). A layer the
+    analysis does not follow counts as its rows times their full width. ``macs``: count each
+    weight once per output position (multiply-accumulates, what a dense engine computes)
+    instead of once.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, macs: bool = False):
@@ -95,6 +99,31 @@ class ChannelCost:
                           for op in self.ops.values() if isinstance(op, WeightedOp)}
         self.total = sum(rows * (width + bias) * self.positions.get(name, 1)
                          for name, (rows, width, _, bias) in self.shapes.items())
+        self._outputs = [x for op in self.ops.values() if op.node.op == "output" for x in op.inputs]
+        self.plan = LivenessPlan(self.g, self.ops, {name: shape[0] for name, shape in self.shapes.items()},
+                                 self._outputs)
+        self._terms = self._term_factors()
+        self._devices: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _term_factors(self) -> tuple[torch.Tensor, ...]:
+        """Per layer (``shapes`` order), the factors of its count ``rows * (width + bias) *
+        positions``, where width = (live input channels) x kernel, or the full width for a
+        layer the analysis does not follow: [tracked tensors, layers] 0/1, which tensor is
+        its input (a product, not an index: several layers may read one tensor, and the
+        gradient of an index sums theirs in a different order on every GPU run); kernel;
+        the fixed part; positions."""
+        tensor_of = {n: t for t, n in enumerate(self.plan.nodes)}
+        reads = torch.zeros(len(self.plan.nodes), len(self.shapes), dtype=torch.float64)
+        kernel, fixed, positions = [], [], []
+        for k, (name, (_, width, per_channel, bias)) in enumerate(self.shapes.items()):
+            x = self.inputs.get(name)
+            if x is not None:
+                reads[tensor_of[x], k] = 1
+            kernel.append(per_channel if x is not None else 0)
+            fixed.append(bias if x is not None else width + bias)
+            positions.append(self.positions.get(name, 1))
+        return reads, torch.tensor(kernel, dtype=torch.float64), torch.tensor(fixed, dtype=torch.float64), \
+            torch.tensor(positions, dtype=torch.float64)
 
     def row_groups(self) -> dict[str, torch.Tensor]:
         """Per conv/linear module: a group id per output row. Rows in one group feed the same
@@ -113,25 +142,35 @@ class ChannelCost:
 
     @functools.cached_property
     def _channel_groups(self) -> dict:
-        return passes.channel_groups(self.g, self.ops)
+        return channel_groups(self.g, self.ops)
 
     def output_varies(self, keep: dict[str, torch.Tensor]) -> bool:
         """Whether the model's output still depends on its input with these rows kept."""
-        like = next(iter(keep.values()))
-        live = passes.liveness(self.g, self.ops, keep, like)
-        out = [op for op in self.ops.values() if op.node.op == "output"]
-        return any(bool(live[x].max() > 0) for op in out for x in op.inputs if x in live)
+        with torch.no_grad():
+            maxes = self.plan(self.plan.flat_keep(keep)).maxes
+        return any(bool(maxes[self.plan.nodes.index(x)] > 0) for x in self._outputs)
+
+    def live(self, keep: dict[str, torch.Tensor]) -> dict[fx.Node, torch.Tensor]:
+        """Per conv/linear input and model output (by traced node): which channels still vary
+        with the input, in [0, 1], differentiable in ``keep``."""
+        return self.plan.channels(self.plan(self.plan.flat_keep(keep)).live)
 
     def __call__(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
-        like = next(iter(keep.values()))
-        live = passes.liveness(self.g, self.ops, keep, like)
-        kept = like.new_zeros(())
-        for name, (rows, width, kernel, bias) in self.shapes.items():
-            n = keep[name].sum() if name in keep else rows
-            if name in self.inputs:
-                width = live[self.inputs[name]].sum() * kernel
-            kept = kept + n * (width + bias) * self.positions.get(name, 1)
-        return kept
+        flat = self.plan.flat_keep(keep)
+        sums = self.plan.sums(self.plan(flat).live)
+        reads, kernel, fixed, positions = self._factors(sums)
+        # a product and a sum, not a matmul, which autocast would run in bfloat16: exact, one term per layer
+        width = (sums[:, None] * reads).sum(0) * kernel + fixed
+        counts = self.plan.kept_rows(flat) * width * positions
+        # summed in float64: a MACs count passes 2^24, beyond which float32 drops units
+        return counts.double().sum().to(counts.dtype)
+
+    def _factors(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`_term_factors` on ``like``'s device and in its dtype (all exact there)."""
+        key = (like.device, like.dtype)
+        if key not in self._devices:
+            self._devices[key] = tuple(t.to(like.device, like.dtype) for t in self._terms)
+        return self._devices[key]
 
 
 def _check_arguments(model: nn.Module, example_input: torch.Tensor) -> None:
