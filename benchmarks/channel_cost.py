@@ -149,7 +149,7 @@ def searches(args: argparse.Namespace, plans: dict[str, type]) -> None:
     # untimed: the process's first search pays one-off costs (kernels' first calls, allocator)
     few = 2 * args.batch_size
     small = dataclasses.replace(data, train_x=data.train_x[:few], train_y=data.train_y[:few])
-    search(resnet20(), small, mean=spec.mean, std=spec.std, config=dataclasses.replace(config, max_epochs=2),
+    search(resnet20(), small, mean=spec.mean, std=spec.std, config=config.model_copy(update={"max_epochs": 2}),
            stop=AccuracyTarget.factory(0), progress=False)
     logs, seconds = {}, {}
     names = ["walk", *plans, "plan"]
