@@ -5,6 +5,7 @@ from ../shared when there), channel granularity built as `seam.reengineer.granul
     uv run python benchmarks/channel_cost.py                      # per call, then a 3-epoch search
     uv run python benchmarks/channel_cost.py --cost macs --epochs 0
     uv run python benchmarks/channel_cost.py --cifar --train-images 1024   # the airplane problem
+    uv run python benchmarks/channel_cost.py --epochs 0 --plan-at 0c6957f  # and an earlier plan
 
 Prints milliseconds per `ChannelCost` call (forward + backward, on leaf keeps) and per
 `retention()` call (the per-layer row keeps, then the count: what one batch adds to the
@@ -15,7 +16,9 @@ logs are identical. Times are this process's CPU time (all its threads), which o
 on the same cores disturb less than the wall-clock time printed beside it.
 
 The walk is the reference kept in tests/test_granularity.py (what ChannelCost computed
-before); this script patches it into `ChannelCost.__call__` for the "walk" runs.
+before); this script patches it into `ChannelCost.__call__` for the "walk" runs. `--plan-at REV`
+(repeatable) adds the `LivenessPlan` of seam/compact/liveness.py at git revision REV, read with
+`git show`, as "plan@REV": the same interface, patched into `ChannelCost.plan`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_granularity import walk_cost  # noqa: E402  (the reference: see the docstring)
 
+import seam.compact.core  # noqa: E402
 from seam.compact import ChannelCost  # noqa: E402
 from seam.data.augment import Normalize  # noqa: E402
 from seam.models.architectures import cifar_resnet  # noqa: E402
@@ -45,21 +51,35 @@ from seam.reengineer.granularity import granularity  # noqa: E402
 from seam.reengineer.search import SearchConfig, search  # noqa: E402
 from seam.reengineer.stopping import AccuracyTarget  # noqa: E402
 
-IMPLEMENTATIONS = ("walk", "plan")
+def plan_at(rev: str) -> type:
+    """The ``LivenessPlan`` class of seam/compact/liveness.py at git revision ``rev``."""
+    source = subprocess.run(["git", "show", f"{rev}:seam/compact/liveness.py"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout
+    name = f"liveness_at_{rev.replace('-', '_').replace('.', '_')}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:seam/compact/liveness.py", "exec"), module.__dict__)
+    return module.LivenessPlan
 
 
 @contextlib.contextmanager
-def implementation(name: str):
-    """ChannelCost's count by the liveness plan (as shipped) or by the walk (the reference)."""
-    if name == "plan":
-        yield
-        return
-    plan_call = ChannelCost.__call__
-    ChannelCost.__call__ = walk_cost
+def implementation(name: str, plans: dict[str, type], cost: ChannelCost | None = None):
+    """ChannelCost's count by the liveness plan (as shipped, "plan"), by the walk (the
+    reference) or by an earlier plan ("plan@REV", one of ``plans``): for every ChannelCost made
+    within, and for ``cost``, made before."""
+    call, plan_class, plan = ChannelCost.__call__, seam.compact.core.LivenessPlan, cost and cost.plan
+    if name == "walk":
+        ChannelCost.__call__ = walk_cost
+    elif name != "plan":
+        seam.compact.core.LivenessPlan = plans[name]
+        if cost is not None:
+            cost.plan = plans[name](cost.g, cost.ops, cost.plan.modules, cost._outputs)
     try:
         yield
     finally:
-        ChannelCost.__call__ = plan_call
+        ChannelCost.__call__, seam.compact.core.LivenessPlan = call, plan_class
+        if cost is not None:
+            cost.plan = plan
 
 
 def resnet20() -> torch.nn.Module:
@@ -67,7 +87,7 @@ def resnet20() -> torch.nn.Module:
     return load_model(get_spec("resnet20"), checkpoint) if checkpoint.exists() else cifar_resnet(20).eval()
 
 
-def per_call(args: argparse.Namespace) -> None:
+def per_call(args: argparse.Namespace, plans: dict[str, type]) -> None:
     """Milliseconds per cost call and per retention call, each implementation."""
     spec = get_spec("resnet20")
     model = resnet20()
@@ -76,10 +96,11 @@ def per_call(args: argparse.Namespace) -> None:
     masks = grain.attach(model)
     keep = {layer: m.row_keep().detach().requires_grad_() for layer, m in grain.rows.items()}
     runs = {"cost": lambda: grain.cost(keep), "retention": lambda: grain.retention(masks)}
-    times: dict[tuple[str, str], list[tuple[float, float]]] = {(r, i): [] for r in runs for i in IMPLEMENTATIONS}
+    names = ["walk", *plans, "plan"]
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {(r, i): [] for r in runs for i in names}
     for _ in range(args.repeats):
         for (run, impl), found in times.items():
-            with implementation(impl):
+            with implementation(impl, plans, grain.cost):
                 for _ in range(5):  # warm-up: caches, allocator
                     runs[run]().backward()
                 cpu, wall = time.process_time(), time.perf_counter()
@@ -89,11 +110,12 @@ def per_call(args: argparse.Namespace) -> None:
                               1e3 * (time.perf_counter() - wall) / args.calls))
     print(f"ResNet20, channel granularity, cost {args.cost}, round_to {args.round_to}, {torch.get_num_threads()} "
           f"threads; ms per call (forward + backward), median of {args.repeats} rounds: CPU (wall)")
-    print(f"{'':<10} {'walk':>16} {'plan':>16} {'speed-up':>9}")
+    width = max(16, *map(len, names))
+    print(f"{'':<10} " + " ".join(f"{i:>{width}}" for i in names) + "   speed-up over the walk (CPU)")
     for run in runs:
-        (walk, walk_wall), (plan, plan_wall) = ([statistics.median(t[k] for t in times[run, i]) for k in (0, 1)]
-                                                for i in IMPLEMENTATIONS)
-        print(f"{run:<10} {walk:>7.3f} ({walk_wall:>6.3f}) {plan:>7.3f} ({plan_wall:>6.3f}) {walk / plan:>8.1f}x")
+        medians = [[statistics.median(t[k] for t in times[run, i]) for k in (0, 1)] for i in names]
+        print(f"{run:<10} " + " ".join(f"{f'{cpu:.3f} ({wall:.3f})':>{width}}" for cpu, wall in medians)
+              + "   " + " ".join(f"{medians[0][0] / cpu:.1f}x" for cpu, _ in medians[1:]))
 
 
 def problem(args: argparse.Namespace):
@@ -117,7 +139,7 @@ def problem(args: argparse.Namespace):
                                test_x=full.test_x[test], test_y=full.test_y[test])
 
 
-def searches(args: argparse.Namespace) -> None:
+def searches(args: argparse.Namespace, plans: dict[str, type]) -> None:
     """A short channel search with each implementation: seconds per epoch, identical logs."""
     data = problem(args)
     spec = get_spec("resnet20")
@@ -127,31 +149,36 @@ def searches(args: argparse.Namespace) -> None:
     # untimed: the process's first search pays one-off costs (kernels' first calls, allocator)
     few = 2 * args.batch_size
     small = dataclasses.replace(data, train_x=data.train_x[:few], train_y=data.train_y[:few])
-    search(resnet20(), small, mean=spec.mean, std=spec.std, config=dataclasses.replace(config, max_epochs=2),
+    search(resnet20(), small, mean=spec.mean, std=spec.std, config=config.model_copy(update={"max_epochs": 2}),
            stop=AccuracyTarget.factory(0), progress=False)
     logs, seconds = {}, {}
-    for impl in IMPLEMENTATIONS:
+    names = ["walk", *plans, "plan"]
+    for impl in names:
         marks, rows = [], []
 
         def on_epoch(row: dict) -> None:
             marks.append((time.process_time(), time.perf_counter()))
             rows.append(row)
 
-        with implementation(impl):
+        with implementation(impl, plans):
             marks.append((time.process_time(), time.perf_counter()))
             search(resnet20(), data, mean=spec.mean, std=spec.std, config=config, stop=AccuracyTarget.factory(0),
                    progress=False, on_epoch=on_epoch)
         logs[impl], seconds[impl] = rows, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks, marks[1:])]
     print(f"\nchannel search, ResNet20, {len(data.train_y)} {'CIFAR-10' if args.cifar else 'synthetic'} training "
           f"images, batch {args.batch_size}: seconds per epoch, CPU (wall)")
-    print(f"{'epoch':<6} {'phase':<10} {'walk':>15} {'plan':>15}   retention (walk / plan)")
+    width = max(15, *map(len, names))
+    print(f"{'epoch':<6} {'phase':<10} " + " ".join(f"{i:>{width}}" for i in names)
+          + f"   retention ({' / '.join(names)})")
     for e, row in enumerate(logs["plan"]):
-        (walk, walk_wall), (plan, plan_wall) = seconds["walk"][e], seconds["plan"][e]
-        print(f"{e:<6} {row['phase']:<10} {walk:>6.2f} ({walk_wall:>6.2f}) {plan:>6.2f} ({plan_wall:>6.2f})   "
-              f"{logs['walk'][e]['retention']:.6f} / {row['retention']:.6f}")
-    diffs = [(e, k) for e, (a, b) in enumerate(zip(logs["walk"], logs["plan"])) for k in a if a[k] != b.get(k)]
-    print("per-epoch logs identical" if not diffs else f"per-epoch logs differ, first at epoch {diffs[0][0]} "
-          f"({diffs[0][1]}: {logs['walk'][diffs[0][0]][diffs[0][1]]!r} vs {logs['plan'][diffs[0][0]][diffs[0][1]]!r})")
+        print(f"{e:<6} {row['phase']:<10} " + " ".join(f"{f'{seconds[i][e][0]:.2f} ({seconds[i][e][1]:.2f})':>{width}}"
+                                                      for i in names)
+              + "   " + " / ".join(f"{logs[i][e]['retention']:.6f}" for i in names))
+    for impl in names[1:]:
+        diffs = [(e, k) for e, (a, b) in enumerate(zip(logs["walk"], logs[impl])) for k in a if a[k] != b.get(k)]
+        print(f"{impl}: per-epoch logs identical to the walk's" if not diffs else
+              f"{impl}: per-epoch logs differ from the walk's, first at epoch {diffs[0][0]} ({diffs[0][1]}: "
+              f"{logs['walk'][diffs[0][0]][diffs[0][1]]!r} vs {logs[impl][diffs[0][0]][diffs[0][1]]!r})")
 
 
 def main() -> None:
@@ -168,11 +195,14 @@ def main() -> None:
     parser.add_argument("--lr-mask", type=float, default=0.2,
                         help="the scores' learning rate: high enough that channels go within a few epochs")
     parser.add_argument("--cifar", action="store_true", help="the airplane problem from ../shared, not synthetic")
+    parser.add_argument("--plan-at", action="append", default=[], metavar="REV",
+                        help="also time the liveness plan at this git revision (repeatable)")
     args = parser.parse_args()
+    plans = {f"plan@{rev}": plan_at(rev) for rev in args.plan_at}
     torch.manual_seed(0)
-    per_call(args)
+    per_call(args, plans)
     if args.epochs:
-        searches(args)
+        searches(args, plans)
 
 
 if __name__ == "__main__":

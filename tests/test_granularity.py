@@ -216,6 +216,21 @@ def test_the_count_is_the_same_under_autocast():
         assert low.dtype == torch.float32 and torch.equal(low, cost(keep))
 
 
+def test_a_call_reads_nothing_back_from_its_device():
+    """The search runs the count, forward and backward, in every training step: on a GPU, a
+    value read back (``.item()``, in the backward pass of ``prod`` and, on a CPU, of ``max``)
+    or a tensor made from host data would wait for every kernel queued before it. A CPU's
+    profile shows both."""
+    cost = ChannelCost(_random_bn(cifar_resnet(20)), torch.randn(2, 3, 32, 32))
+    for keep in _keep_patterns(cost, 3, seed=4):
+        keep = {k: v.requires_grad_() for k, v in keep.items()}
+        cost(keep).backward()  # the first call on a device makes the index tensors there
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            cost(keep).backward()
+        names = {e.name for e in profile.events()}
+        assert "aten::index_select" in names and not names & {"aten::_local_scalar_dense", "aten::lift_fresh"}
+
+
 def test_the_count_is_differentiable_in_every_layers_keep():
     model = _random_bn(cifar_resnet(8))
     cost = ChannelCost(model, torch.randn(1, 3, 16, 16))

@@ -81,10 +81,10 @@ class ChannelCost:
 
     Traced once on ``example_input``; calling it on ``{module name: [C_out] keep in [0, 1]}``
     (missing modules keep every row) is differentiable in the keeps, and takes a few tensor
-    ops whatever the model's size (a channel search calls it on every batch). A layer the
-    analysis does not follow counts as its rows times their full width. ``macs``: count each
-    weight once per output position (multiply-accumulates, what a dense engine computes)
-    instead of once.
+    ops per conv/linear input, not per op of the model (a channel search calls it on every
+    batch). A layer the analysis does not follow counts as its rows times their full width.
+    ``macs``: count each weight once per output position (multiply-accumulates, what a dense
+    engine computes) instead of once.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, macs: bool = False):
