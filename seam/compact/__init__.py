@@ -42,8 +42,8 @@ recognised and what it does in each pass; a package by op family: ``base``, ``ad
 ``weighted``, ``channelwise``, and ``registry``, which picks the handler), ``passes`` the
 analysis passes, ``rewriter`` the rewrite (handlers reach it only through the small
 ``ops.base.CompactBuilder`` protocol, so they never import it), ``liveness`` the channel
-liveness a channel search counts, compiled into a few tensor ops per call, ``core`` the
-driver :func:`compact` and :class:`ChannelCost`.
+liveness a channel search counts (index tensors compiled once, a few tensor ops per tracked
+tensor per call), ``core`` the driver :func:`compact` and :class:`ChannelCost`.
 
 Anything not understood (a custom op, a multiplication, an in-place op that others observe,
 BatchNorm/dropout in training mode, grouped convs, ...) is treated as opaque: all channels of

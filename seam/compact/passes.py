@@ -5,7 +5,6 @@ rewrite is ``rewriter``)."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 import torch.fx as fx
@@ -13,7 +12,7 @@ import torch.fx as fx
 from seam.compact.graph import TracedGraph
 from seam.compact.ops import ChannelMap, OpHandler
 
-__all__ = ["channel_groups", "constants", "keeps", "live_sources", "mutated_late", "needs"]
+__all__ = ["channel_groups", "constants", "keeps", "mutated_late", "needs"]
 
 
 def mutated_late(g: TracedGraph, ops: dict[fx.Node, OpHandler]) -> set[fx.Node]:
@@ -42,16 +41,6 @@ def constants(g: TracedGraph, ops: dict, mutated: set) -> dict[fx.Node, torch.Te
             out = ops[n].constants(g, cval)
             cval[n] = torch.full((g.channels(n),), math.nan, dtype=torch.float64) if n in mutated else out
     return cval
-
-
-def live_sources(g: TracedGraph, ops: dict) -> dict[fx.Node, list[Counter]]:
-    """Per channel node, per channel: the multiset of sources its liveness is made of
-    (``OpHandler.live_sources``), which ``seam.compact.liveness`` compiles into tensor ops."""
-    sources: dict = {}
-    for n in g.nodes:
-        if g.is_ch(n):
-            sources[n] = ops[n].live_sources(g, sources)
-    return sources
 
 
 def channel_groups(g: TracedGraph, ops: dict) -> dict[fx.Node, torch.Tensor]:

@@ -131,11 +131,12 @@ class OpHandler:
 
     def live_sources(self, g: TracedGraph, sources: dict[fx.Node, list[Counter]]) -> list[Counter]:
         """Per output channel, the multiset of sources its liveness is made of (``sources``:
-        the inputs' already). A source is :data:`ALWAYS_LIVE` or ``(conv/linear node, row)``:
+        the inputs' already). A source is :data:`ALWAYS_LIVE`, or ``(conv/linear node, row)``:
         live as far as the row is kept and any input channel of that layer is live (a removed
-        row's channel is a constant, which the compact model folds away). A channel is live
-        when any of its sources is (``seam.compact.liveness``); one with no source is a
-        constant. An opaque op's channels always vary."""
+        row's channel is a constant, which the compact model folds away), or a key that
+        ``seam.compact.liveness`` puts in for a channel it has already evaluated; handlers pass
+        keys on without looking inside. A channel is live when any of its sources is; one with
+        no source is a constant. An opaque op's channels always vary."""
         return [Counter({ALWAYS_LIVE: 1}) for _ in range(g.channels(self.node))]
 
     def _tied_sources(self, g: TracedGraph, sources: dict[fx.Node, list[Counter]]) -> list[Counter]:
