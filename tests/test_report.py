@@ -332,9 +332,11 @@ def test_the_overview_shows_a_channel_targets_compact_counts(run_dir, monkeypatc
     assert heights[0]["airplane_channel"] == pytest.approx(47.536) and heights[0]["airplane"] == pytest.approx(44.909)
     assert heights[2]["airplane_channel"] == pytest.approx(4.8) and heights[2]["airplane"] == pytest.approx(10.384611)
     assert [axes[i].get_ylabel() for i in (3, 4, 5)] == ["ms per batch of 8"] * 3
+    assert axes[0].get_xticklabels()[0].get_rotation() == 30  # 4 names, one long: slanted, not overlapping
     drawn.clear()
     figures.rq1_overview(report.frame[report.frame["counted"] == MASKED], run_dir / "x.png", batch=8)
     assert "compact" not in drawn[0].axes[0].get_title()
+    assert drawn[0].axes[0].get_xticklabels()[0].get_rotation() == 0  # airplane, ship, vehicles fit level
 
 
 def test_a_failed_report_keeps_the_previous_one(run_dir):

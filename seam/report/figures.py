@@ -57,7 +57,9 @@ def _bars(ax, labels: list[str], series: dict[str, list[float]], colors: list[st
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=color)
         if len(labels) <= 12:  # beyond that the values overlap; the report's tables hold them
             ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
-    ax.set_xticks(x, labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    # Slanted once the names would touch: many targets, or a few long names (airplane_channel).
+    slant = len(labels) > 4 or len(labels) * max(map(len, labels), default=0) > 40
+    ax.set_xticks(x, labels, rotation=30 if slant else 0, ha="right" if slant else "center")
     ax.set(ylabel=ylabel, title=title)
     ax.margins(y=0.15)
     if legend:
