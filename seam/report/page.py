@@ -78,9 +78,10 @@ def overview() -> list[str]:
     return ["## RQ1 and RQ2 at a glance", "", "![original vs re-engineered per target](rq1_overview.png)", ""]
 
 
+# What each count is, per measure: (the masked model's, the compact model's).
 COUNTED_NOTE = {
-    "weights": "conv/linear weights and biases without the new head",
-    "flops": "every multiplication it runs (dense: fvcore's count of the deployed model)",
+    "weights": ("its non-zero weights", "its conv/linear weights and biases without the new head"),
+    "flops": ("its multiplications with non-zero weights", "every multiplication it runs (fvcore's dense count)"),
 }
 
 
@@ -91,9 +92,10 @@ def measure(m: Measure, grouped: pd.DataFrame, per_target: pd.DataFrame, paper: 
              + (" (a reduction is the mean of the per-target reductions)" if m.change == "reduction" else "")
              + "; `difference` = ours - paper.", ""]
     if m.counted:
-        lines += [f"`counted`: `{MASKED}` is the masked model's non-zero weights (the paper's rule); `{COMPACT}` is a "
-                  "channel target's compact export (`models/export/<target>.compact.pt2`, what a user deploys): "
-                  f"{COUNTED_NOTE[m.key]}.", ""]
+        masked, compact = COUNTED_NOTE[m.key]
+        lines += [f"`counted`: `{MASKED}` is the masked model, {masked} (the paper's rule); `{COMPACT}` is a channel "
+                  f"target's compact export (`models/export/<target>.compact.pt2`, what a user deploys), {compact}.",
+                  ""]
     if m.key == "latency":
         lines += [f"Batches of {batch} images; the paper's: {paper_fact(paper, 'latency_batch')}.", ""]
     return lines + [markdown(grouped, m.digits), "", "Per target:", "", markdown(per_target, m.digits), ""]
