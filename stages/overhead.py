@@ -19,7 +19,9 @@ ENGINES = {
 
 
 def target_metrics(flops: dict, latency: dict) -> dict:
-    """FLOPs and each engine's latency keys; those of single images (batch 1) prefixed ``b1_``."""
+    """Every key of results/flops.json as written (FLOPs and weight counts: the report reads
+    ``weights_compact`` from here), and each engine's latency keys; those of single images
+    (batch 1) prefixed ``b1_``."""
     out = dict(flops)
     out.update(_latency(latency))
     if "batch1" in latency:

@@ -1,6 +1,7 @@
 import logging
 import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TinyNet
@@ -154,3 +155,47 @@ def test_no_warnings_for_skipped_ops(caplog):
         warnings.simplefilter("error")
         count_flops(TinyNet(), 8, nonzero_only=True)  # aten::mean is skipped by fvcore
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def flops_stage():
+    """stages/flops.py as a module (stages/ is not a package)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("flops_stage", REPO / "stages" / "flops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compact_weights_count_the_exported_network_without_its_head(tmp_path):
+    """weights_compact: weights_total's rule (conv/linear weights and biases, the new head left
+    out) on the compact archive; its folded-constant kernels count, as seam.compact counts them."""
+    from seam.compact import compact, count_params
+    from seam.models.architectures import cifar_resnet
+    from seam.models.archive import ExportedModelError, load_exported, save_exported
+    from seam.reengineer.candidate import ReengineeredModel
+
+    torch.manual_seed(0)
+    original = cifar_resnet(8).eval()
+    with torch.no_grad():
+        for m in original.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.normal_(0, 0.3)  # removed channels become non-zero constants: folded kernels
+        original.layer2[0].conv1.weight[:4] = 0
+        original.layer3[0].conv1.weight[:4] = 0
+    masked = ReengineeredModel(original, 10, 2).eval()
+    x = torch.zeros(1, 3, 16, 16)
+    small, report = compact(masked, x)
+    path = save_exported(small, x, tmp_path / "t.compact.pt2")
+    got = flops_stage().compact_weights(load_exported(path), path)
+    head = masked.head[1].weight.numel() + masked.head[1].bias.numel()
+    assert got == report["params_after"] - head == count_params(small) - head
+    assert report["fold_params"] > 0  # the folded kernels are in the count
+    _, total = count_weights(masked.original)
+    assert 0 < got < total  # the removed filters and the input slices they fed are gone
+    # The stage reads a head by name; an archive without one is refused, not counted whole.
+    bare = save_exported(original, x, tmp_path / "bare.compact.pt2")
+    with pytest.raises(ExportedModelError, match=r"bare.compact.pt2: no conv/linear tensor named head\.\*"):
+        flops_stage().compact_weights(load_exported(bare), bare)

@@ -93,3 +93,31 @@ def test_prepare_reports_images_per_class_and_a_short_class(tmp_path):
     assert json.loads((tmp_path / "metrics/data.json").read_text()) == {
         "train": {"images": 15, "per_class_min": 3, "per_class_max": 6, "smallest_class": "cow"},
         "test": {"images": 6, "per_class_min": 2, "per_class_max": 2, "smallest_class": "ant"}}
+
+
+def test_overhead_passes_the_compact_weight_count_through(tmp_path):
+    """The report reads weights_compact (results/flops.json) from metrics/overhead.json: per
+    target as written, and its mean over the headline targets at the top level."""
+    import json
+
+    def pair(a, b):
+        return {"ms_a": a, "ms_a_std": 0.1, "ms_b": b, "ms_b_std": 0.1, "reduction": 1 - b / a}
+
+    flops = {name: {"flops_original": 40_931_968, "flops_reengineered": 9_000_000, "flops_compact": 30_000_000,
+                    "weights_kept": kept, "weights_total": 268_346, "weights_compact": compact}
+             for name, kept, compact in (("airplane", 40_000, 250_000), ("vehicles", 120_000, 260_000),
+                                         ("airplane_channel", 144_000, 47_000))}
+    engines = {"deepsparse": "unavailable: not installed", "onnxruntime": pair(3.0, 3.1),
+               "compact_onnxruntime": pair(3.0, 1.0), "compact_torch": pair(6.0, 2.0)}
+    latency = {"batch": 16, "cores": 2, "engines": {"onnxruntime": "1.20.1"},
+               "targets": {name: engines for name in flops}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/flops.json").write_text(json.dumps({"model": "resnet20", "targets": flops}))
+    (tmp_path / "results/latency.json").write_text(json.dumps(latency))
+    proc = run_stage(tmp_path, "overhead.py", "results/flops.json", "results/latency.json", "metrics/overhead.json",
+                     params=PARAMS)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "metrics/overhead.json").read_text())
+    assert {n: t["weights_compact"] for n, t in out["targets"].items()} == {
+        "airplane": 250_000, "vehicles": 260_000, "airplane_channel": 47_000}
+    assert out["weights_compact"] == (250_000 + 260_000) / 2  # airplane_channel has settings of its own

@@ -1,54 +1,31 @@
-"""The paper's tables and figures from the pipeline's own metrics, beside the paper's numbers.
+"""The paper's tables from the pipeline's own metrics, beside the paper's numbers.
 
-Reads the metric JSONs, the per-epoch CSVs and ``reference/paper.yaml`` (the only place the
-paper's numbers live) and builds pandas tables (:func:`rq1_tables`, :func:`retraining_table`,
-:func:`defects_table`) and their Markdown (:func:`markdown`); ``seam.report.figures`` draws them.
+Builds pandas tables from the loaded files (``seam.report.inputs``): :func:`rq1_frame` and
+:func:`rq1_tables` (Tables I, II, V, VI), :func:`retraining_table` (Table IV),
+:func:`defects_table` (RQ3), and their Markdown (:func:`markdown`); ``seam.report.figures``
+draws them and ``seam.report.page`` writes the page around them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from seam.core.errors import SeamError
-
-
-class ReportError(SeamError, ValueError):
-    """A metrics, log or paper-numbers file the report cannot read."""
-
+from seam.report.inputs import Doc
 
 MULTI = "multi-class"
+# Which model a row's re-engineered weights and FLOPs count: a weight-level mask's non-zero
+# weights (the paper's rule), or, for a channel target, its compact export: what a user deploys.
+MASKED, COMPACT = "masked, non-zero", "compact model"
 
 
 def kind_of(target_kind: str) -> str:
     """The paper's problem kind of a target: binary, or multi-class (classes, superclass)."""
     return "binary" if target_kind == "binary" else MULTI
-
-
-def load_paper(path: str | os.PathLike) -> dict[str, list[dict]]:
-    """The paper's numbers (``reference/paper.yaml``), checked for the keys the report reads."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"{path}: the paper's numbers file is missing")
-    data = yaml.safe_load(path.read_text())
-    need = {"rq1": ("row", "models", "kind", "weights", "acc", "flops", "latency", "source"),
-            "retraining": ("row", "models", "retrained", "reengineered", "increase", "source"),
-            "defects": ("row", "dropout", "source", "standard", "remos", "seam")}
-    for section, keys in need.items():
-        rows = data.get(section) if isinstance(data, dict) else None
-        if not isinstance(rows, list):
-            raise ReportError(f"{path}: expected a list under {section!r}")
-        for i, row in enumerate(rows):
-            missing = [k for k in keys if k not in row]
-            if missing:
-                raise ReportError(f"{path}: {section}[{i}] lacks {missing}")
-    return data
 
 
 def _paper_row(paper: list[dict], model: str, kind: str | None = None) -> dict | None:
@@ -58,27 +35,33 @@ def _paper_row(paper: list[dict], model: str, kind: str | None = None) -> dict |
     return None
 
 
-def rq1_frame(reengineering: dict, overhead: dict) -> pd.DataFrame:
-    """One row per target: weights, accuracy, FLOPs and latency of original and re-engineered."""
+def rq1_frame(reengineering: Doc, overhead: Doc) -> pd.DataFrame:
+    """One row per target: weights, accuracy, FLOPs and latency of original and re-engineered.
+
+    A channel target's re-engineered weights and FLOPs are its compact model's
+    (``weights_compact``, ``flops_compact``); ``counted`` says which a row uses.
+    """
     rows = []
-    for name, t in reengineering["targets"].items():
-        o = overhead["targets"].get(name)
-        if o is None:
-            raise ReportError(f"metrics/overhead.json has no target {name!r} (re-run the RQ2 stages)")
+    for name in reengineering.get("targets"):
+        t, o = partial(reengineering.get, "targets", name), partial(overhead.get, "targets", name)
+        compact = t("granularity") == "channel"
         rows.append({
-            "target": name, "model": reengineering["model"], "kind": kind_of(t["kind"]),
-            "granularity": t.get("granularity", "weight"),
-            "weights_original": t["weights_total"], "weights_reengineered": t["weights_kept"],
-            "acc_original": 100 * t["acc_original"], "acc_reengineered": 100 * t["acc_reengineered"],
-            "flops_original": o["flops_original"], "flops_reengineered": o["flops_reengineered"],
-            "ds_original": o.get("latency_ms_original", math.nan),
-            "ds_reengineered": o.get("latency_ms_reengineered", math.nan),
-            "ort_original": o["ort_latency_ms_original"], "ort_reengineered": o["ort_latency_ms_reengineered"],
-            "flops_compact": o["flops_compact"],
-            "compact_ort_original": o["compact_ort_latency_ms_original"],
-            "compact_ort_reengineered": o["compact_ort_latency_ms_compact"],
-            "compact_torch_masked": o["compact_torch_latency_ms_masked"],
-            "compact_torch": o["compact_torch_latency_ms_compact"],
+            "target": name, "model": reengineering.get("model"), "kind": kind_of(t("kind")),
+            "granularity": t("granularity"), "counted": COMPACT if compact else MASKED,
+            "weights_original": t("weights_total"),
+            "weights_reengineered": o("weights_compact") if compact else t("weights_kept"),
+            "acc_original": 100 * t("acc_original"), "acc_reengineered": 100 * t("acc_reengineered"),
+            "flops_original": o("flops_original"),
+            "flops_reengineered": o("flops_compact") if compact else o("flops_reengineered"),
+            # DeepSparse may be unavailable (the metrics then hold the reason, not a figure)
+            "ds_original": o().get("latency_ms_original", math.nan),
+            "ds_reengineered": o().get("latency_ms_reengineered", math.nan),
+            "ort_original": o("ort_latency_ms_original"), "ort_reengineered": o("ort_latency_ms_reengineered"),
+            "flops_compact": o("flops_compact"),
+            "compact_ort_original": o("compact_ort_latency_ms_original"),
+            "compact_ort_reengineered": o("compact_ort_latency_ms_compact"),
+            "compact_torch_masked": o("compact_torch_latency_ms_masked"),
+            "compact_torch": o("compact_torch_latency_ms_compact"),
         })
     return pd.DataFrame(rows)
 
@@ -94,6 +77,7 @@ class Measure:
     scale: float      # ours / scale = the paper's unit
     change: str       # "reduction" (1 - new/old, %) or "increase" (new - old, points)
     digits: int
+    counted: bool = False  # a channel target counts its compact model: the tables say which count
 
     @property
     def label(self) -> str:
@@ -101,10 +85,10 @@ class Measure:
 
 
 MEASURES = (
-    Measure("Table I", "Weights", "weights", "M", 1e6, "reduction", 3),
+    Measure("Table I", "Weights", "weights", "M", 1e6, "reduction", 3, counted=True),
     Measure("Table II", "Accuracy on the target problems", "acc", "%", 1, "increase", 2),
-    Measure("Table V", "FLOPs for one image", "flops", "M", 1e6, "reduction", 2),
-    Measure("Table VI", "DeepSparse latency, batch 16", "latency", "ms/batch", 1, "reduction", 2),
+    Measure("Table V", "FLOPs for one image", "flops", "M", 1e6, "reduction", 2, counted=True),
+    Measure("Table VI", "DeepSparse latency", "latency", "ms/batch", 1, "reduction", 2),
 )
 _COLUMN = {"weights": "weights", "acc": "acc", "flops": "flops", "latency": "ds"}
 
@@ -125,6 +109,8 @@ def rq1_tables(frame: pd.DataFrame, paper: dict) -> dict[Measure, tuple[pd.DataF
             "re-engineered": frame[f"{col}_reengineered"] / m.scale,
         })
         per_target[m.label] = [_change(m, a, b) for a, b in zip(per_target["original"], per_target["re-engineered"])]
+        if m.counted:
+            per_target["counted"] = frame["counted"]
         grouped = []
         for (model, kind, grain), g in frame.groupby(["model", "kind", "granularity"], sort=False):
             rows = per_target.loc[g.index]
@@ -132,23 +118,25 @@ def rq1_tables(frame: pd.DataFrame, paper: dict) -> dict[Measure, tuple[pd.DataF
             ours = _change(m, orig, new) if m.change == "increase" else rows[m.label].mean()
             ref = _paper_row(paper["rq1"], model, kind) if grain == "weight" else None
             p_orig, p_new, theirs = ref[m.key] if ref else (math.nan, math.nan, math.nan)
-            grouped.append({"model": model, "kind": kind, "granularity": grain, "targets": len(g), "original": orig,
-                            "re-engineered": new, m.label: ours, "paper row": ref["row"] if ref else "-",
-                            "paper original": p_orig, "paper re-engineered": p_new, f"paper {m.label}": theirs,
-                            "difference": ours - theirs})
+            counted = {"counted": g["counted"].iloc[0]} if m.counted else {}  # one granularity: one count
+            grouped.append({"model": model, "kind": kind, "granularity": grain, **counted, "targets": len(g),
+                            "original": orig, "re-engineered": new, m.label: ours,
+                            "paper row": ref["row"] if ref else "-", "paper original": p_orig,
+                            "paper re-engineered": p_new, f"paper {m.label}": theirs, "difference": ours - theirs})
         out[m] = (pd.DataFrame(grouped), per_target)
     return out
 
 
-def retraining_table(retraining: dict, paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def retraining_table(retraining: Doc, paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table IV: (retrained vs re-engineered test accuracy per target, the paper's rows)."""
     rows = []
-    for name, t in retraining["targets"].items():
-        rows.append({"target": name, "classes": len(t["classes"]), "train images": t["n_train"],
-                     "retrained": 100 * t["acc_retrained"], "re-engineered": 100 * t["acc_reengineered"],
-                     "increase": 100 * t["increase"], "retrain epochs": t["retrain_epochs"],
-                     "retrain s": t["retrain_seconds"], "re-engineer epochs": t["reengineer_epochs"],
-                     "re-engineer s": t["reengineer_seconds"]})
+    for name in retraining.get("targets"):
+        t = partial(retraining.get, "targets", name)
+        rows.append({"target": name, "classes": len(t("classes")), "train images": t("n_train"),
+                     "retrained": 100 * t("acc_retrained"), "re-engineered": 100 * t("acc_reengineered"),
+                     "increase": 100 * t("increase"), "retrain epochs": t("retrain_epochs"),
+                     "retrain s": t("retrain_seconds"), "re-engineer epochs": t("reengineer_epochs"),
+                     "re-engineer s": t("reengineer_seconds")})
     paper_rows = pd.DataFrame([{"row": r["row"], "retrained": r["retrained"], "re-engineered": r["reengineered"],
                                 "increase": r["increase"], "source": r["source"]}
                                for r in paper["retraining"]])
@@ -159,14 +147,14 @@ FLOWS = ("standard", "remos", "seam")
 FLOW_NAMES = {"standard": "standard fine-tuning", "remos": "ReMoS", "seam": "SeaM"}
 
 
-def defects_table(defects: dict, paper: dict) -> pd.DataFrame:
+def defects_table(defects: Doc, paper: dict) -> pd.DataFrame:
     """RQ3: ACC, DIR and removed share per method, with the paper's averages (same dropout setting)."""
-    dropout = defects["settings"]["dropout"] > 0
+    dropout = defects.get("settings", "dropout") > 0
     refs = [r for r in paper["defects"] if r["dropout"] == dropout]
     rows = []
     for flow in FLOWS:
-        row = {"method": FLOW_NAMES[flow], "ACC": 100 * defects[f"acc_{flow}"], "DIR": 100 * defects[f"dir_{flow}"],
-               "removed": 100 * defects[f"removed_rate_{flow}"]}
+        row = {"method": FLOW_NAMES[flow], "ACC": 100 * defects.get(f"acc_{flow}"),
+               "DIR": 100 * defects.get(f"dir_{flow}"), "removed": 100 * defects.get(f"removed_rate_{flow}")}
         for r in refs:
             for metric in ("acc", "dir"):
                 if metric in r[flow]:
@@ -186,10 +174,3 @@ def markdown(frame: pd.DataFrame, digits: int = 2) -> str:
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
-
-def read_logs(directory: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """The per-epoch CSVs of a plots directory, by file stem."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ReportError(f"{directory}: no per-epoch logs (run the stages that write them)")
-    return {p.stem: pd.read_csv(p) for p in sorted(directory.glob("*.csv"))}
