@@ -449,6 +449,7 @@ def real_archive() -> Path:
     return REAL_ARCHIVE
 
 
+@pytest.mark.slow
 def test_real_cifar10_jpeg(tmp_path: Path, real_archive: Path) -> None:
     from seam.data.targets import build_target, parse_targets
 

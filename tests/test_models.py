@@ -225,6 +225,7 @@ def reengineer_through_params(cwd: Path, model: dict, problem, epochs: int = 3) 
     return (cwd / "out" / "t.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["vgg.th", "tiny.pt2"])
 def test_own_models_reengineer_through_params_alone(project, checkpoint):
     model = params(checkpoint=checkpoint, **({"arch": None, "kwargs": {}} if checkpoint.endswith("pt2") else {}))
@@ -232,6 +233,7 @@ def test_own_models_reengineer_through_params_alone(project, checkpoint):
     assert log.startswith("epoch,phase,loss") and len(log.splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch):
     """The registry entry and the same checkpoint declared through arch give identical logs."""
     g = torch.Generator().manual_seed(0)
@@ -258,6 +260,7 @@ def test_resnet20_by_arch_equals_resnet20_by_name(tmp_path, shared, monkeypatch)
     assert (by_name / "out" / "t.pt").read_bytes() == (by_arch / "out" / "t.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_refused_model_leaves_the_fetched_one_in_place(project):
     reengineer_through_params(project, params().model_dump(), tiny_target(), epochs=1)
     before = {p.name: p.read_bytes() for p in (project / "pretrained").iterdir()}
@@ -302,6 +305,7 @@ def run_fails(cwd: Path, script: str, *args: str) -> str:
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_remos_and_retraining_run_on_a_users_model(project):
     baseline_project(project, params().model_dump())
     out = run(project, "finetune.py", "remos", "data/t.pt", "pretrained", "out/remos.pt", "out/remos.csv")
@@ -329,6 +333,7 @@ def test_untrained_is_the_architecture_freshly_initialised(project):
         archive.untrained(seed=0)
 
 
+@pytest.mark.slow
 def test_remos_bad_input_is_refused_and_nothing_written(project):
     import usermodels
 
@@ -348,6 +353,7 @@ def test_remos_bad_input_is_refused_and_nothing_written(project):
     assert not (project / "out").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_search_then_a_rerun_resumes_to_identical_outputs(project):
     """README, "Resuming": the state saved after each epoch survives kill -9; the rerun
     continues it and writes the same per-epoch log and artifact as an uninterrupted run."""
@@ -411,6 +417,7 @@ def test_a_model_json_written_before_the_package_layout_still_loads(tmp_path):
     assert type(model).__module__ == "seam.models.architectures" and record.arch == "seam.architectures:cifar_resnet"
 
 
+@pytest.mark.slow
 def test_a_search_reruns_only_when_its_effective_settings_change(project):
     """DVC re-runs every search when a param of the `reengineer` section (or alpha) changes; a
     target whose own settings override that param gets the outputs of its last search back."""

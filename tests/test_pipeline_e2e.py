@@ -16,6 +16,8 @@ from conftest import REPO
 
 from seam.reengineer.artifact import load_artifact
 
+pytestmark = pytest.mark.slow  # the real pipeline: `uv run pytest -m slow`
+
 CLASSES = ("airplane", "automobile", "bird")
 N_TRAIN, N_TEST = 24, 8
 
