@@ -216,6 +216,24 @@ def test_alpha_experiment_reruns_only_what_depends_on_alpha(pipeline):
     assert any(v.get("diff") for k, v in changed.items() if "retention" in k), changed
 
 
+def test_a_dry_run_in_the_workspace_names_the_searches_a_param_reruns(pipeline):
+    """docs/pipeline.md: `dvc exp run --dry` fails in DVC's empty temporary copy (treeverse/dvc#10135);
+    `dvc repro --dry` in the workspace answers."""
+    repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
+    original = (repo / "params.yaml").read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["alpha"] = 0.25
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = sh(dvc + ["repro", "--dry"], repo, env)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    for stage in ("reengineer@airplane", "reengineer@trio"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("prepare", "finetune_seam", "retrain@trio"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+
+
 def test_search_params_do_not_touch_the_defect_stages(pipeline):
     """RQ1's `reengineer` section is read by RQ1 stages only; `device`, shared, by both."""
     repo, env, dvc = pipeline["repo"], pipeline["env"], pipeline["dvc"]
