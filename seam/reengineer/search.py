@@ -95,8 +95,8 @@ def search(
     grain = granularity(config.granularity, base, normalize(train_x[:2]), round_to=config.round_to, cost=config.cost)
     model, masks, head = _candidate(base, num_outputs, problem.num_classes, output_layer, device, grain)
     weights = _tuned_weights(base, list(head.parameters()), config.lr_weights)
-    job = _MaskSearch(model, masks, head, weights, grain, config, (train_x, problem.train_y.to(device)), splits, normalize,
-                      gen, f"search {problem.name}")
+    train = (train_x, problem.train_y.to(device))
+    job = _MaskSearch(model, masks, head, weights, grain, config, train, splits, normalize, gen, f"search {problem.name}")
     rule = stop(acc_original[config.select_on])
     done = fit(job, rule, select_on=config.select_on, max_epochs=config.max_epochs, generator=gen, device=device,
                resume=resume, on_epoch=on_epoch, progress=progress)
