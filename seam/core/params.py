@@ -200,7 +200,7 @@ class BenchmarkParams(Section):
     """Batches timed per measurement (the paper: the mean over 200 runs)."""
     warmup: NonNegativeInt = 20
     """Untimed batches before each measurement."""
-    pairs: PositiveInt = 5
+    pairs: PositiveInt = 3
     """Interleaved original/re-engineered measurements; the median ratio is reported."""
     num_cores: Optional[PositiveInt] = None
     """Threads for every engine (unset: all cores)."""
@@ -298,10 +298,10 @@ class DefectsParams(Section):
     target: dict[str, Any] = {"classes": ["bird", "cat", "deer", "dog", "frog", "horse"]}
     """The RQ3 target problem, one spec in the forms of `targets` (default: the six CIFAR-10
     animals)."""
-    train_per_class: Optional[PositiveInt] = 1000
+    train_per_class: Optional[PositiveInt] = 500
     """At most this many training images per label, drawn with the seed: a CPU-sized slice
     (null: every image)."""
-    test_per_class: Optional[PositiveInt] = 300
+    test_per_class: Optional[PositiveInt] = 200
     """At most this many test images per label (null: every image)."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """Dropout before the new output layer of all three models (the paper's Fig. 8)."""
