@@ -228,3 +228,15 @@ def test_a_written_grid_is_one_dvc_stage_per_target(tmp_path: Path) -> None:
     assert [s for s in listed if s.startswith("reengineer@")] == [f"reengineer@{t}" for t in
                                                                    ["airplane", "vehicles", "airplane_channel",
                                                                     *CIFAR10_CLASSES[1:]]]
+
+
+def test_ci_sizing_is_an_overlay_that_applies(tmp_path: Path) -> None:
+    """.ci/run applies .ci/sizing.yaml with `seam profile`: it must validate, keep the targets,
+    and hold only what differs from params.yaml."""
+    sizing = REPO / ".ci" / "sizing.yaml"
+    overlay = yaml.safe_load(sizing.read_text())
+    assert "targets" not in overlay and restated(overlay, DEFAULTS) == []
+    params = _params(tmp_path)
+    run = CliRunner().invoke(app, ["profile", "sizing", "--params", str(params), "--folder", str(sizing.parent)])
+    assert run.exit_code == 0, run.output
+    assert load_params(params).model_dump() == overlaid(DEFAULTS, overlay)
